@@ -1,0 +1,1 @@
+"""Reward-guided decoding: policy, scorers (RM/PRM, REAR, GenRM) and search methods."""

@@ -1,0 +1,35 @@
+"""The ``sp-prm`` command: dispatches each subcommand to its package's own entry point."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with a main(argv) function, one-line description)
+COMMANDS = {
+    "prepare": ("data_prep.prepare", "build TLT/SST partial-pair datasets with reference-RM weights"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: sp-prm <command> --config recipe.yaml [--key value ...]", "", "commands:"]
+    lines += [f"  {name:<12} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "`sp-prm <command> --help` lists every option with its help text."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"sp-prm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    module.main(rest)
+
+
+if __name__ == "__main__":
+    main()
