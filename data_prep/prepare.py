@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, concatenate_datasets, load_from_disk
+from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 from data_prep import __version__
@@ -46,6 +46,25 @@ from sp_prm.models import load_reward_model, load_tokenizer
 from sp_prm.scoring import RewardScorer
 
 logger = logging.getLogger("sp_prm.prepare")
+
+# Explicit schema: an empty chunk (or an unweighted run's null reference columns) keeps its types.
+FEATURES = Features({
+    "id": Value("string"),
+    "prompt": List({"role": Value("string"), "content": Value("string")}),
+    "chosen": Value("string"),
+    "rejected": Value("string"),
+    "position": Value("int32"),
+    "chosen_length": Value("int32"),
+    "rejected_length": Value("int32"),
+    "chosen_complete": Value("bool"),
+    "rejected_complete": Value("bool"),
+    "chosen_ids": List(Value("int32")),
+    "rejected_ids": List(Value("int32")),
+    "ref_chosen_reward": Value("float64"),
+    "ref_rejected_reward": Value("float64"),
+    "ref_gap": Value("float64"),
+    "weight": Value("float64"),
+})
 
 
 @dataclass
@@ -142,6 +161,7 @@ class Preparer:
         self.same_tokenizer = True
         if config.reference_model:
             self.ref_tokenizer = load_tokenizer(config.reference_model, config.trust_remote_code)
+            torch.manual_seed(config.seed)  # a freshly initialised score head is then reproducible
             model = load_reward_model(
                 config.reference_model, config.reference_dtype, config.reference_device,
                 config.trust_remote_code, pad_token_id=self.ref_tokenizer.pad_token_id,
@@ -248,7 +268,7 @@ class Preparer:
             rows["ref_rejected_reward"] = [None] * n
             rows["ref_gap"] = [None] * n
             rows["weight"] = [1.0] * n
-            return Dataset.from_dict(rows)
+            return Dataset.from_dict(rows, features=FEATURES)
         rewards = self._reference_rewards(sides, side_positions, side_texts, side_messages)
         chosen_r = torch.cat(rewards[0::2]) if rewards else torch.empty(0)
         rejected_r = torch.cat(rewards[1::2]) if rewards else torch.empty(0)
@@ -263,8 +283,8 @@ class Preparer:
         rows["ref_chosen_reward"] = chosen_r.tolist()
         rows["ref_rejected_reward"] = rejected_r.tolist()
         rows["ref_gap"] = (chosen_r - rejected_r).tolist()
-        rows["weight"] = [0.0] * n  # filled in finish(): normalisation needs every chunk
-        return Dataset.from_dict(rows)
+        rows["weight"] = [0.0] * n  # set in prepare(): normalisation needs every chunk
+        return Dataset.from_dict(rows, features=FEATURES)
 
 
 def _gap_histogram(gaps: np.ndarray, path: Path) -> dict[str, list]:
@@ -351,26 +371,30 @@ def prepare(config: PrepareConfig) -> Path:
         for k in range(n_chunks):
             path = chunks_dir / f"chunk-{k:05d}"
             lo, hi = k * config.chunk_size, min(len(pairs), (k + 1) * config.chunk_size)
-            if str(k) in chunk_counts and path.exists():
-                parts.append(load_from_disk(str(path)))
+            if str(k) in chunk_counts and (path.exists() or chunk_counts[str(k)].get("empty")):
+                if path.exists():
+                    parts.append(load_from_disk(str(path)))
                 bar.update(hi - lo)
                 continue
             preparer.counts = Counter()
             part = preparer.process(pairs.select(range(lo, hi)))
-            tmp = chunks_dir / f".tmp-{k:05d}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            part.save_to_disk(str(tmp))
-            os.replace(tmp, path)
-            chunk_counts[str(k)] = dict(preparer.counts)
+            # datasets cannot reload a 0-row save, so an empty chunk is only recorded.
+            if len(part):
+                tmp = chunks_dir / f".tmp-{k:05d}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                part.save_to_disk(str(tmp))
+                os.replace(tmp, path)
+                parts.append(load_from_disk(str(path)))
+            chunk_counts[str(k)] = {**preparer.counts, "empty": int(not len(part))}
             counts_path.write_text(json.dumps(chunk_counts))
-            parts.append(load_from_disk(str(path)))
             bar.update(hi - lo)
-    # Empty chunks carry untyped (null) columns that cannot be concatenated with typed ones.
-    parts = [p for p in parts if len(p)] or parts[:1]
+    if not parts:
+        raise ValueError("no partial pair was produced; nothing to write (see the counts: "
+                         + json.dumps(chunk_counts) + ")")
     data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     counts: Counter = Counter()
     for c in chunk_counts.values():
-        counts.update({k: v for k, v in c.items() if k != "reference_scoring_one_pass"})
+        counts.update({k: v for k, v in c.items() if k not in ("reference_scoring_one_pass", "empty")})
     one_pass = any(c.get("reference_scoring_one_pass") for c in chunk_counts.values())
 
     stats: dict[str, Any] = {}
@@ -378,7 +402,7 @@ def prepare(config: PrepareConfig) -> Path:
         chosen_r = torch.tensor(data["ref_chosen_reward"], dtype=torch.float32)
         rejected_r = torch.tensor(data["ref_rejected_reward"], dtype=torch.float32)
         keep, weight = preference_weights(chosen_r, rejected_r, config.weight_cap, config.weight_normalize)
-        data = data.remove_columns("weight").add_column("weight", weight.tolist())
+        data = data.remove_columns("weight").add_column("weight", weight.tolist(), feature=Value("float64"))
         data = data.select(keep.nonzero().flatten().tolist())
         gaps = (chosen_r - rejected_r).numpy()
         kept_w = weight[keep]

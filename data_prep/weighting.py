@@ -7,14 +7,14 @@ For a partial pair with reference rewards ``r_w`` and ``r_l``::
     w   = 1 / H   if r_w > r_l   else 0             # pair dropped
 
 ``H`` shrinks to 0 as the gap grows, so ``1/H`` is unbounded: weights are capped
-at ``cap`` (default 100, reached at a gap of about 7.3 nats; 1/H is 1/ln 2 =
+at ``cap`` (default 100, reached at a gap of about 6.64; 1/H is 1/ln 2 =
 1.443 at a zero gap and 24.9 at a gap of 5). ``normalize="mean"`` then rescales
 the kept weights to mean 1, which keeps the loss scale (and so the learning
 rate) comparable to the unweighted loss (Eq. 2).
 
 The entropy is computed from the gap in fp32 with softplus, never from ``p``
-itself: with ``a = |gap|``, ``log p = -softplus(-a)`` and
-``log(1 - p) = -softplus(a)``, so large gaps give a tiny positive ``H``
+itself: with ``a = |gap|``, ``log p = -softplus(-a)``,
+``log(1 - p) = -softplus(a)`` and ``1 - p = sigmoid(-a)``, so large gaps give a tiny positive ``H``
 instead of ``0 * log 0 = nan``.
 """
 
@@ -29,8 +29,8 @@ DEFAULT_CAP = 100.0
 def binary_entropy_of_gap(gap: torch.Tensor) -> torch.Tensor:
     """``H(sigmoid(|gap|))`` in nats, fp32, stable for any finite gap."""
     a = gap.float().abs()
-    p = torch.sigmoid(a)
-    return p * F.softplus(-a) + (1 - p) * F.softplus(a)
+    # 1 - p is computed as sigmoid(-a), not 1 - sigmoid(a), which rounds to 0 in fp32 beyond a ~ 17.
+    return torch.sigmoid(a) * F.softplus(-a) + torch.sigmoid(-a) * F.softplus(a)
 
 
 def preference_weights(
