@@ -43,6 +43,7 @@ from data_prep.truncation import apply_past_end, pair_rng, sst_positions, tlt_po
 from data_prep.weighting import DEFAULT_CAP, binary_entropy_of_gap, preference_weights
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_reward_model, load_tokenizer
+from sp_prm.prefix_scoring import PrefixScorer
 from sp_prm.scoring import RewardScorer
 
 logger = logging.getLogger("sp_prm.prepare")
@@ -156,25 +157,19 @@ class Preparer:
     def __init__(self, config: PrepareConfig) -> None:
         self.config = config
         self.tokenizer = load_tokenizer(config.model_name_or_path, config.trust_remote_code)
-        self.scorer: RewardScorer | None = None
-        self.ref_tokenizer = None
-        self.same_tokenizer = True
+        self.reference: PrefixScorer | None = None
         if config.reference_model:
-            self.ref_tokenizer = load_tokenizer(config.reference_model, config.trust_remote_code)
+            ref_tokenizer = load_tokenizer(config.reference_model, config.trust_remote_code)
             torch.manual_seed(config.seed)  # a freshly initialised score head is then reproducible
             model = load_reward_model(
                 config.reference_model, config.reference_dtype, config.reference_device,
-                config.trust_remote_code, pad_token_id=self.ref_tokenizer.pad_token_id,
+                config.trust_remote_code, pad_token_id=ref_tokenizer.pad_token_id,
             )
-            self.scorer = RewardScorer(
-                model, self.ref_tokenizer.pad_token_id, config.reference_batch_tokens, causal=config.reference_causal
+            scorer = RewardScorer(
+                model, ref_tokenizer.pad_token_id, config.reference_batch_tokens, causal=config.reference_causal
             )
-            self.same_tokenizer = self.ref_tokenizer.get_vocab() == self.tokenizer.get_vocab()
+            self.reference = PrefixScorer(scorer, ref_tokenizer, self.tokenizer, config.prefix)
         self.counts: Counter = Counter()
-
-    @property
-    def one_pass(self) -> bool:
-        return bool(self.scorer and self.scorer.causal and self.same_tokenizer)
 
     def _positions(self, pair_id: str, chosen: EncodedResponse, rejected: EncodedResponse) -> list[int]:
         c = self.config
@@ -188,33 +183,6 @@ class Preparer:
             positions.append(full)
         return positions
 
-    def _reference_rewards(self, sides: list[EncodedResponse], positions: list[list[int]], texts: list[list[str]],
-                           messages: list[list[dict]]) -> list[torch.Tensor]:
-        """Reference reward of each side at each of its positions."""
-        assert self.scorer is not None
-        end = self.config.prefix.end_marker
-        if self.one_pass and not any(s.suffix_ids for s in sides):
-            seqs = [s.sequence(None, end) for s in sides]
-            idx = [[s.reward_index(t, end) for t in pos] for s, pos in zip(sides, positions)]
-            self.counts["reference_scoring_one_pass"] = 1
-            return self.scorer.score_positions(seqs, idx)
-        # Per prefix: dedupe identical sequences (a clipped shorter side repeats).
-        unique: dict[tuple[int, ...], int] = {}
-        where: list[list[int]] = []
-        for s, pos, txt, msgs in zip(sides, positions, texts, messages):
-            rows = []
-            for t, prefix_text in zip(pos, txt):
-                if self.same_tokenizer:
-                    seq = tuple(s.sequence(t, end))
-                else:  # the reference reads the prefix text in its own token space
-                    ref = encode(self.ref_tokenizer, msgs, prefix_text, self.config.prefix)
-                    seq = tuple(ref.sequence(None, end and s.is_complete(t)))
-                rows.append(unique.setdefault(seq, len(unique)))
-            where.append(rows)
-        rewards = self.scorer.score(list(unique))
-        self.counts["reference_scoring_one_pass"] = 0
-        return [rewards[torch.as_tensor(rows, dtype=torch.long)] for rows in where]
-
     def process(self, pairs: Dataset) -> Dataset:
         c, tok, end = self.config, self.tokenizer, self.config.prefix.end_marker
         rows: dict[str, list] = {k: [] for k in (
@@ -223,7 +191,6 @@ class Preparer:
         )}
         sides: list[EncodedResponse] = []
         side_positions: list[list[int]] = []
-        side_texts: list[list[str]] = []
         side_messages: list[list[dict]] = []
         for pair in pairs:
             try:
@@ -247,7 +214,6 @@ class Preparer:
                 texts[name] = [tok.decode(enc.content_ids[:t], skip_special_tokens=False) for t in positions]
                 sides.append(enc)
                 side_positions.append(positions)
-                side_texts.append(texts[name])
                 side_messages.append(pair["prompt"])
             for j, t in enumerate(positions):
                 rows["id"].append(pair["id"])
@@ -263,13 +229,14 @@ class Preparer:
                 rows["rejected_ids"].append(rejected.sequence(t, end))
         n = len(rows["id"])
         self.counts["partial_pairs"] += n
-        if self.scorer is None or n == 0:
+        if self.reference is None or n == 0:
             rows["ref_chosen_reward"] = [None] * n
             rows["ref_rejected_reward"] = [None] * n
             rows["ref_gap"] = [None] * n
             rows["weight"] = [1.0] * n
             return Dataset.from_dict(rows, features=FEATURES)
-        rewards = self._reference_rewards(sides, side_positions, side_texts, side_messages)
+        rewards = self.reference.score(sides, side_positions, side_messages)
+        self.counts["reference_scoring_one_pass"] = int(self.reference.one_pass)
         chosen_r = torch.cat(rewards[0::2]) if rewards else torch.empty(0)
         rejected_r = torch.cat(rewards[1::2]) if rewards else torch.empty(0)
         for name, values in (("chosen", chosen_r), ("rejected", rejected_r)):

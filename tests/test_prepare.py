@@ -169,3 +169,19 @@ def test_cli_with_recipe_and_overrides(tmp_path, tiny_llama_rm_dir, capsys):
     assert card["config"]["prefix"]["max_response_tokens"] == 16
     with pytest.raises(KeyError, match="unknown config key 'sst_kk'"):
         main(["prepare", "--config", str(recipe), "--sst_kk", "3"])
+
+
+def test_drop_past_end_and_full_pair(tmp_path, tiny_llama_rm_dir):
+    cfg = config(tmp_path, model_name_or_path=str(tiny_llama_rm_dir), truncation="tlt", past_end="drop",
+                 include_full_pair=True, limit=4, prefix=PrefixFormat(max_prompt_tokens=96, max_response_tokens=None))
+    data = load_from_disk(str(prepare(cfg)))
+    for pair_id in set(data["id"]):
+        rows = data.filter(lambda x, i=pair_id: x["id"] == i)
+        shortest = min(max(rows["chosen_length"]), max(rows["rejected_length"]))
+        longest_t = max(rows["position"])
+        # every position up to the shorter response, then the complete pair (both sides complete)
+        partial = [t for t in rows["position"] if t != longest_t]
+        assert partial == list(range(1, len(partial) + 1)) and len(partial) <= shortest
+        full = rows.filter(lambda x, t=longest_t: x["position"] == t)[0]
+        assert full["chosen_complete"] and full["rejected_complete"]  # nothing was cut: both end here
+        assert longest_t == max(full["chosen_length"], full["rejected_length"])
