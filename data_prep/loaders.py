@@ -144,14 +144,40 @@ def require_columns(table: Dataset, needed: dict[str, str], source: str) -> None
             )
 
 
+def in_eval_subset(pair_id: str, eval_fraction: float) -> bool:
+    """Deterministic held-out membership from the pair id alone (order and file independent)."""
+    bucket = int.from_bytes(hashlib.sha1(("holdout:" + pair_id).encode()).digest()[:8], "little") / 2**64
+    return bucket < eval_fraction
+
+
+def select_subset(pairs: Dataset, subset: str, eval_fraction: float) -> Dataset:
+    """``all``, or the ``train`` / ``eval`` side of a split by hashed pair id."""
+    if subset == "all":
+        return pairs
+    if subset not in ("train", "eval"):
+        raise ValueError(f"subset must be all, train or eval, got {subset!r}")
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    want_eval = subset == "eval"
+    keep = [i for i, pid in enumerate(pairs["id"]) if in_eval_subset(pid, eval_fraction) == want_eval]
+    return pairs.select(keep)
+
+
 def load_preferences(
     source: str,
     format: str = "auto",
     columns: dict[str, str] | None = None,
     split: str = "train",
     limit: int | None = None,
+    subset: str = "all",
+    eval_fraction: float = 0.2,
 ) -> tuple[Dataset, LoadReport]:
-    """Load and normalise preference pairs; returns the dataset and a report of what was skipped."""
+    """Load and normalise preference pairs; returns the dataset and a report of what was skipped.
+
+    ``subset`` = ``train`` / ``eval`` keeps one side of a deterministic split by
+    hashed pair id (``eval_fraction`` held out), so training and evaluation
+    never share a pair whatever tool loads them.
+    """
     table = read_table(source, split)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
@@ -223,5 +249,8 @@ def load_preferences(
             add(i, row[mapping["prompt"]], row[mapping["chosen"]], row[mapping["rejected"]], row.get(id_column))
     else:
         raise ValueError(f"unknown data format {format!r}; expected auto, hh-rlhf, tldr or pairs")
-    report.rows_kept = len(rows["id"])
-    return Dataset.from_dict(rows), report
+    pairs = select_subset(Dataset.from_dict(rows), subset, eval_fraction)
+    if subset != "all":
+        report.skipped[f"not_in_{subset}_subset"] += len(rows["id"]) - len(pairs)
+    report.rows_kept = len(pairs)
+    return pairs, report

@@ -84,6 +84,11 @@ class PrepareConfig:
     )
     split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
+    subset: str = field(
+        default="all",
+        metadata={"help": "all, or train / eval: one side of a deterministic split by hashed pair id."},
+    )
+    eval_fraction: float = field(default=0.2, metadata={"help": "Share of pairs in the eval subset."})
     model_name_or_path: str = field(
         default="builtin:all-minilm-l6-v2",
         metadata={"help": "The model to be trained as a PRM: its tokenizer defines the token space of the cuts."},
@@ -326,7 +331,8 @@ def prepare(config: PrepareConfig) -> Path:
     chunks_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit)
+    pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
+                                     config.subset, config.eval_fraction)
     if len(pairs) == 0:
         raise ValueError(f"{config.source}: no usable preference pairs (loader report: {report.to_dict()})")
     preparer = Preparer(config)

@@ -8,6 +8,7 @@ import sys
 # subcommand -> (module with a main(argv) function, one-line description)
 COMMANDS = {
     "prepare": ("data_prep.prepare", "build TLT/SST partial-pair datasets with reference-RM weights"),
+    "evaluate-rm": ("sp_prm.evaluate", "accuracy / agreement of reward models on full and partial responses"),
 }
 
 

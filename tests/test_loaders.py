@@ -130,3 +130,17 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     assert dict(report.skipped) == {
         "empty_response": 1, "identical_responses": 1, "non_string_response": 1, "bad_prompt": 1,
     }
+
+
+def test_train_eval_subsets_are_disjoint_and_cover():
+    full, _ = load_preferences("builtin:hh-rlhf-sample")
+    train, report = load_preferences("builtin:hh-rlhf-sample", subset="train", eval_fraction=0.25)
+    held, _ = load_preferences("builtin:hh-rlhf-sample", subset="eval", eval_fraction=0.25)
+    assert set(train["id"]).isdisjoint(held["id"]) and len(train) + len(held) == len(full)
+    assert 0.15 < len(held) / len(full) < 0.35
+    assert report.skipped["not_in_train_subset"] == len(held)
+    # membership depends on the id only: a limited load agrees with the full one
+    small, _ = load_preferences("builtin:hh-rlhf-sample", limit=50, subset="eval", eval_fraction=0.25)
+    assert set(small["id"]) <= set(held["id"])
+    with pytest.raises(ValueError, match="subset"):
+        load_preferences("builtin:hh-rlhf-sample", subset="test")

@@ -1,0 +1,238 @@
+"""``sp-prm evaluate-rm``: does a reward model rank partial responses the way it ranks full ones?
+
+For held-out preference pairs ``(x, y_w, y_l)`` and each reward model, on identical prefixes
+(cut in one token space, see :mod:`sp_prm.prefix_scoring`):
+
+* ``full``: accuracy on complete responses, ``r(y_w) > r(y_l)`` strictly (ties are wrong, as in
+  RewardBench);
+* ``t=N``: both responses cut to their first N tokens (a shorter response stays complete, the
+  paper's padding). Accuracy here is the paper's AR_RM-SC(t) (appendix B):
+  ``1/N sum 1[r(x, y_w[:t]) > r(x, y_l[:t])]``;
+* ``f=F``: each response cut to its first ``ceil(F * |y|)`` tokens (``f=1.0`` equals ``full``);
+* with a reference RM: agreement AR_RM-REF = share of prefix pairs both models order the same way
+  (``r(y_w) > r(y_l)`` as a boolean, XNOR), the paper's AR_RM-HP with the reference standing in
+  for human judgement;
+* the mean reward gap ``r(y_w) - r(y_l)`` and its mean absolute value (the paper's Delta_r).
+
+Accuracies come with a 95% normal-approximation interval (1.96 * sqrt(p(1-p)/n)). Output:
+``results.json``, ``results.md`` and ``curves.png`` (one line per model), written atomically.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
+from sp_prm.models import load_reward_model, load_tokenizer
+from sp_prm.prefix_scoring import PrefixScorer
+from sp_prm.scoring import RewardScorer
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate reward models on full and partial responses of held-out preference pairs."""
+
+    models: list[str] = field(default_factory=list, metadata={"help": "Reward model paths or hub ids (any number)."})
+    names: list[str] | None = field(default=None, metadata={"help": "Display names, one per model."})
+    reference_model: str | None = field(
+        default=None, metadata={"help": "Reference RM: agreement with it is reported; it is also evaluated."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Token space the prefixes are cut in (default: the first model's)."}
+    )
+    source: str = field(default="builtin:hh-rlhf-sample", metadata={"help": "Preference data (see sp-prm prepare)."})
+    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, tldr or pairs."})
+    columns: dict[str, str] = field(default_factory=dict, metadata={"help": "Column mapping for the pairs format."})
+    split: str = field(default="test", metadata={"help": "Split of a hub dataset."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
+    subset: str = field(default="eval", metadata={"help": "all, train or eval (split by hashed pair id)."})
+    eval_fraction: float = field(default=0.2, metadata={"help": "Share of pairs in the eval subset."})
+    token_counts: list[int] = field(
+        default_factory=lambda: [1, 5, 10, 20, 30, 50], metadata={"help": "Prefix lengths in tokens."}
+    )
+    fractions: list[float] = field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        metadata={"help": "Prefix lengths as fractions of each response."},
+    )
+    prefix: PrefixFormat = field(default_factory=PrefixFormat, metadata={"help": "Prefix representation."})
+    dtype: str = field(default="float32", metadata={"help": "Model dtype."})
+    device: str | None = field(default=None, metadata={"help": "cpu / cuda (default: cuda if available)."})
+    batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per forward pass."})
+    output_dir: str = field(default="outputs/eval-rm", metadata={"help": "Where results are written."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prefix, dict):
+            self.prefix = PrefixFormat(**self.prefix)
+        if isinstance(self.models, str):
+            self.models = [self.models]
+        if not self.models:
+            raise ValueError("give at least one model: --models '[path1, path2]'")
+        if self.names is not None and len(self.names) != len(self.models):
+            raise ValueError(f"names has {len(self.names)} entries for {len(self.models)} models")
+        if any(t < 1 for t in self.token_counts):
+            raise ValueError(f"token_counts must be >= 1, got {self.token_counts}")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+
+
+def cut_labels(config: EvaluateConfig) -> list[str]:
+    return ["full"] + [f"t={t}" for t in config.token_counts] + [f"f={f:g}" for f in config.fractions]
+
+
+def cut_positions(side: EncodedResponse, config: EvaluateConfig) -> list[int]:
+    """Response tokens kept for each cut label, in ``cut_labels`` order."""
+    n = side.length
+    return [n] + [min(t, n) for t in config.token_counts] + [max(1, math.ceil(f * n)) for f in config.fractions]
+
+
+def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ref: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> dict[str, float]:
+    """Metrics for one model at one cut over ``n`` pairs."""
+    n = len(chosen)
+    wins = (chosen > rejected).float()
+    acc = float(wins.mean())
+    out = {
+        "n": n,
+        "accuracy": acc,
+        "ci95": 1.96 * math.sqrt(acc * (1 - acc) / n) if n else float("nan"),
+        "mean_gap": float((chosen - rejected).mean()),
+        "mean_abs_gap": float((chosen - rejected).abs().mean()),
+    }
+    if ref is not None:
+        ref_order = ref[0] > ref[1]
+        out["agreement_with_reference"] = float(((chosen > rejected) == ref_order).float().mean())
+    return out
+
+
+def _plot(results: dict[str, Any], config: EvaluateConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for name, cuts in results.items():
+        for ax, xs, labels in (
+            (axes[0], config.token_counts, [f"t={t}" for t in config.token_counts]),
+            (axes[1], config.fractions, [f"f={f:g}" for f in config.fractions]),
+        ):
+            ys = [cuts[label]["accuracy"] for label in labels]
+            err = [cuts[label]["ci95"] for label in labels]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+    axes[0].set_xlabel("prefix length (tokens)")
+    axes[1].set_xlabel("prefix length (fraction of response)")
+    axes[0].set_ylabel("accuracy r(y_w prefix) > r(y_l prefix)")
+    for ax in axes:
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _markdown(results: dict[str, Any], labels: list[str], n: int, has_ref: bool) -> str:
+    names = list(results)
+    lines = [f"# Reward-model evaluation ({n} held-out pairs)", "", "## Accuracy (95% CI)", "",
+             "| cut | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label in labels:
+        cells = [f"{results[m][label]['accuracy']:.3f} ± {results[m][label]['ci95']:.3f}" for m in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if has_ref:
+        lines += ["", "## Agreement with the reference RM", "", "| cut | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for label in labels:
+            cells = [f"{results[m][label]['agreement_with_reference']:.3f}" for m in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "## Mean reward gap r(y_w) - r(y_l) (mean |gap|)", "", "| cut | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for label in labels:
+        cells = [f"{results[m][label]['mean_gap']:.3f} ({results[m][label]['mean_abs_gap']:.3f})" for m in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Score every model on identical prefixes; write and return the results."""
+    from data_prep.loaders import load_preferences
+
+    pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
+                                     config.subset, config.eval_fraction)
+    cut_tok = load_tokenizer(config.tokenizer or config.models[0], config.trust_remote_code)
+    sides: list[EncodedResponse] = []
+    messages = []
+    skipped = 0
+    for pair in pairs:
+        try:
+            encs = [encode(cut_tok, pair["prompt"], pair[k], config.prefix) for k in ("chosen", "rejected")]
+        except PromptTooLong:
+            skipped += 1
+            continue
+        if min(e.length for e in encs) == 0:
+            skipped += 1
+            continue
+        sides += encs
+        messages += [pair["prompt"], pair["prompt"]]
+    if not sides:
+        raise ValueError(f"{config.source}: no usable pairs to evaluate (loader: {report.to_dict()})")
+    positions = [cut_positions(s, config) for s in sides]
+    labels = cut_labels(config)
+    names = list(config.names or [Path(m).name or m for m in config.models])
+    paths = list(config.models)
+    if config.reference_model:
+        names.append("reference")
+        paths.append(config.reference_model)
+
+    scores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, path in tqdm(list(zip(names, paths)), desc="evaluate-rm", unit="model"):
+        tok = load_tokenizer(path, config.trust_remote_code)
+        model = load_reward_model(path, config.dtype, config.device, config.trust_remote_code, tok.pad_token_id)
+        scorer = PrefixScorer(RewardScorer(model, tok.pad_token_id, config.batch_tokens), tok, cut_tok, config.prefix)
+        rewards = torch.stack(scorer.score(sides, positions, messages))  # [2 * pairs, cuts]
+        scores[name] = (rewards[0::2], rewards[1::2])
+        del model, scorer
+        gc.collect()
+
+    ref = scores.get("reference")
+    results: dict[str, Any] = {}
+    for name, (chosen, rejected) in scores.items():
+        results[name] = {
+            label: pair_metrics(chosen[:, j], rejected[:, j], (ref[0][:, j], ref[1][:, j]) if ref else None)
+            for j, label in enumerate(labels)
+        }
+    out = {"config": asdict(config), "n_pairs": len(sides) // 2, "skipped_pairs": skipped,
+           "loader": report.to_dict(), "results": results}
+
+    target = Path(config.output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    (tmp / "results.json").write_text(json.dumps(out, indent=2))
+    (tmp / "results.md").write_text(_markdown(results, labels, out["n_pairs"], ref is not None))
+    _plot(results, config, tmp / "curves.png")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    print((target / "results.md").read_text())
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sp_prm.config import load_config
+
+    evaluate(load_config(EvaluateConfig, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""`sp-prm evaluate-rm`: metrics against hand values; end to end on tiny models vs direct forwards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from data_prep.loaders import load_preferences
+from sp_prm.evaluate import EvaluateConfig, cut_positions, evaluate, pair_metrics
+from sp_prm.formatting import EncodedResponse, PrefixFormat, encode
+from sp_prm.models import load_reward_model, load_tokenizer
+
+
+def test_pair_metrics_by_hand():
+    chosen, rejected = torch.tensor([1.0, 2.0, 3.0, 0.0]), torch.tensor([0.0, 2.0, 1.0, 1.0])
+    ref = (torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    m = pair_metrics(chosen, rejected, ref)
+    assert m["accuracy"] == 0.5  # the tie (2 vs 2) counts as wrong
+    assert m["mean_gap"] == pytest.approx(0.5) and m["mean_abs_gap"] == pytest.approx(1.0)
+    assert m["agreement_with_reference"] == 0.75  # orders T,F,T,F vs reference T,F,T,T
+    assert m["ci95"] == pytest.approx(1.96 * (0.25 / 4) ** 0.5)
+
+
+def test_cut_positions_by_hand():
+    side = EncodedResponse([0], list(range(7)), [9], [])
+    cfg = EvaluateConfig(models=["m"], token_counts=[1, 5, 10], fractions=[0.1, 0.5, 1.0])
+    assert cut_positions(side, cfg) == [7, 1, 5, 7, 1, 4, 7]
+
+
+def test_end_to_end_two_models_and_reference(tmp_path, tiny_llama_rm_dir, tiny_bert_rm_dir):
+    fmt = dict(template="plain", max_prompt_tokens=96, max_response_tokens=48)
+    cfg = EvaluateConfig(
+        models=[str(tiny_llama_rm_dir), str(tiny_bert_rm_dir)], names=["llama", "bert"],
+        reference_model=str(tiny_llama_rm_dir), limit=60, token_counts=[1, 5], fractions=[0.5, 1.0],
+        prefix=PrefixFormat(**fmt), output_dir=str(tmp_path / "eval"),
+    )
+    out = evaluate(cfg)
+    res = out["results"]
+    assert set(res) == {"llama", "bert", "reference"}
+    assert res["llama"]["f=1"]["accuracy"] == res["llama"]["full"]["accuracy"]
+    # the reference is the llama model itself: perfect agreement
+    assert all(res["llama"][c]["agreement_with_reference"] == 1.0 for c in res["llama"])
+    # independent check of llama at t=5: direct HF forwards, one per prefix
+    tok = load_tokenizer(str(tiny_llama_rm_dir))
+    model = load_reward_model(str(tiny_llama_rm_dir), device="cpu")
+    pairs, _ = load_preferences("builtin:hh-rlhf-sample", limit=60, subset="eval")
+    wins = []
+    for pair in pairs:
+        seqs = [encode(tok, pair["prompt"], pair[k], cfg.prefix).sequence(5) for k in ("chosen", "rejected")]
+        with torch.no_grad():
+            r = [model.score(model.model(input_ids=torch.tensor([s])).last_hidden_state)[0, -1, 0] for s in seqs]
+        wins.append(float(r[0] > r[1]))
+    assert out["n_pairs"] == len(pairs)
+    assert res["llama"]["t=5"]["accuracy"] == pytest.approx(sum(wins) / len(wins))
+    files = {p.name for p in (tmp_path / "eval").iterdir()}
+    assert files == {"results.json", "results.md", "curves.png"}
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["n_pairs"] == out["n_pairs"]
+    assert "| t=5 |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="at least one model"):
+        EvaluateConfig()
+    with pytest.raises(ValueError, match="names"):
+        EvaluateConfig(models=["a", "b"], names=["x"])
+    with pytest.raises(ValueError, match="fractions"):
+        EvaluateConfig(models=["a"], fractions=[0.0])
