@@ -6,6 +6,8 @@ Supported sources (``load_preferences(source, format=...)``):
   ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` dialogue). The shared prompt is split
   off at the last ``"\\n\\nAssistant:"`` of the common prefix; earlier turns are
   kept as chat messages.
+* ``chat-pairs``: ``chosen``/``rejected`` as two chat conversations that share
+  every turn but the final assistant one (RLHFlow / UltraFeedback style).
 * ``tldr``: OpenAI summarize-from-feedback comparisons (``info`` with
   ``subreddit``/``title``/``post``, ``summaries`` [2], ``choice``).
 * ``pairs``: any table with prompt/chosen/rejected columns, renamed through
@@ -108,7 +110,7 @@ def _prompt_messages(value: Any) -> list[dict[str, str]] | None:
     return None
 
 
-def read_table(source: str, split: str = "train") -> Dataset:
+def read_table(source: str, split: str = "train", data_dir: str | None = None) -> Dataset:
     """Load a source into a ``datasets.Dataset`` (see the module docstring)."""
     if source in BUILTIN_SOURCES:
         source = str(BUILTIN_SOURCES[source])
@@ -131,7 +133,7 @@ def read_table(source: str, split: str = "train") -> Dataset:
     if path.suffix.lower() in {".jsonl", ".json", ".csv", ".parquet", ".gz"} or source.startswith((".", "/")):
         raise FileNotFoundError(f"no such file: {source}")
     name, _, config = source.partition(":")
-    return load_dataset(name, config or None, split=split)
+    return load_dataset(name, config or None, data_dir=data_dir, split=split)
 
 
 def require_columns(table: Dataset, needed: dict[str, str], source: str) -> None:
@@ -171,6 +173,7 @@ def load_preferences(
     limit: int | None = None,
     subset: str = "all",
     eval_fraction: float = 0.2,
+    data_dir: str | None = None,
 ) -> tuple[Dataset, LoadReport]:
     """Load and normalise preference pairs; returns the dataset and a report of what was skipped.
 
@@ -178,7 +181,7 @@ def load_preferences(
     hashed pair id (``eval_fraction`` held out), so training and evaluation
     never share a pair whatever tool loads them.
     """
-    table = read_table(source, split)
+    table = read_table(source, split, data_dir)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     if format == "auto":
@@ -186,7 +189,7 @@ def load_preferences(
         if {"summaries", "choice", "info"} <= cols:
             format = "tldr"
         elif {"chosen", "rejected"} <= cols and "prompt" not in cols and not columns:
-            format = "hh-rlhf"
+            format = "chat-pairs" if len(table) and isinstance(table[0]["chosen"], list) else "hh-rlhf"
         else:
             format = "pairs"
     report = LoadReport()
@@ -224,6 +227,19 @@ def load_preferences(
                 report.skipped["unparseable_transcript"] += 1
                 continue
             add(i, prompt, c, r)
+    elif format == "chat-pairs":
+        mapping = {"chosen": "chosen", "rejected": "rejected", **(columns or {})}
+        require_columns(table, mapping, source)
+        for i, row in enumerate(table):
+            report.rows_read += 1
+            chosen, rejected = row[mapping["chosen"]], row[mapping["rejected"]]
+            if not (isinstance(chosen, list) and isinstance(rejected, list) and chosen and rejected):
+                report.skipped["non_conversation_row"] += 1
+                continue
+            if chosen[:-1] != rejected[:-1] or chosen[-1].get("role") != "assistant":
+                report.skipped["conversations_do_not_share_a_prompt"] += 1
+                continue
+            add(i, chosen[:-1], chosen, rejected, row.get("id"))
     elif format == "tldr":
         require_columns(table, {"info": "info", "summaries": "summaries", "choice": "choice"}, source)
         for i, row in enumerate(table):
@@ -248,7 +264,7 @@ def load_preferences(
             report.rows_read += 1
             add(i, row[mapping["prompt"]], row[mapping["chosen"]], row[mapping["rejected"]], row.get(id_column))
     else:
-        raise ValueError(f"unknown data format {format!r}; expected auto, hh-rlhf, tldr or pairs")
+        raise ValueError(f"unknown data format {format!r}; expected auto, hh-rlhf, chat-pairs, tldr or pairs")
     pairs = select_subset(Dataset.from_dict(rows), subset, eval_fraction)
     if subset != "all":
         report.skipped[f"not_in_{subset}_subset"] += len(rows["id"]) - len(pairs)

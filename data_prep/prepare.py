@@ -83,6 +83,7 @@ class PrepareConfig:
         metadata={"help": "Column mapping for the pairs format, e.g. {prompt: question, chosen: good, rejected: bad}."},
     )
     split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
+    data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
     subset: str = field(
         default="all",
@@ -332,7 +333,7 @@ def prepare(config: PrepareConfig) -> Path:
     started = time.time()
 
     pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
-                                     config.subset, config.eval_fraction)
+                                     config.subset, config.eval_fraction, config.data_dir)
     if len(pairs) == 0:
         raise ValueError(f"{config.source}: no usable preference pairs (loader report: {report.to_dict()})")
     preparer = Preparer(config)

@@ -55,6 +55,7 @@ class EvaluateConfig:
     format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, tldr or pairs."})
     columns: dict[str, str] = field(default_factory=dict, metadata={"help": "Column mapping for the pairs format."})
     split: str = field(default="test", metadata={"help": "Split of a hub dataset."})
+    data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
     subset: str = field(default="eval", metadata={"help": "all, train or eval (split by hashed pair id)."})
     eval_fraction: float = field(default=0.2, metadata={"help": "Share of pairs in the eval subset."})
@@ -169,7 +170,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     from data_prep.loaders import load_preferences
 
     pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
-                                     config.subset, config.eval_fraction)
+                                     config.subset, config.eval_fraction, config.data_dir)
     cut_tok = load_tokenizer(config.tokenizer or config.models[0], config.trust_remote_code)
     sides: list[EncodedResponse] = []
     messages = []

@@ -144,3 +144,18 @@ def test_train_eval_subsets_are_disjoint_and_cover():
     assert set(small["id"]) <= set(held["id"])
     with pytest.raises(ValueError, match="subset"):
         load_preferences("builtin:hh-rlhf-sample", subset="test")
+
+
+def test_chat_pairs_conversations(tmp_path):
+    prompt = [{"role": "user", "content": "2 + 2?"}]
+    rows = [
+        {"chosen": [*prompt, {"role": "assistant", "content": "4"}],
+         "rejected": [*prompt, {"role": "assistant", "content": "5"}]},
+        {"chosen": [*prompt, {"role": "assistant", "content": "4"}],
+         "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "5"}]},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    pairs, report = load_preferences(str(path))
+    assert len(pairs) == 1 and pairs[0]["prompt"] == prompt and (pairs[0]["chosen"], pairs[0]["rejected"]) == ("4", "5")
+    assert report.skipped == {"conversations_do_not_share_a_prompt": 1}
