@@ -77,7 +77,7 @@ class PrepareConfig:
         metadata={"help": "Data: a jsonl/json/csv/parquet file, a save_to_disk folder, a hub dataset id, or "
                   "builtin:hh-rlhf-sample."},
     )
-    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, tldr or pairs (see data_prep.loaders)."})
+    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, chat-pairs, tldr or pairs (see data_prep.loaders)."})
     columns: dict[str, str] = field(
         default_factory=dict,
         metadata={"help": "Column mapping for the pairs format, e.g. {prompt: question, chosen: good, rejected: bad}."},

@@ -52,7 +52,7 @@ class EvaluateConfig:
         default=None, metadata={"help": "Token space the prefixes are cut in (default: the first model's)."}
     )
     source: str = field(default="builtin:hh-rlhf-sample", metadata={"help": "Preference data (see sp-prm prepare)."})
-    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, tldr or pairs."})
+    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, chat-pairs, tldr or pairs."})
     columns: dict[str, str] = field(default_factory=dict, metadata={"help": "Column mapping for the pairs format."})
     split: str = field(default="test", metadata={"help": "Split of a hub dataset."})
     data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
