@@ -8,6 +8,7 @@ import sys
 # subcommand -> (module with a main(argv) function, one-line description)
 COMMANDS = {
     "prepare": ("data_prep.prepare", "build TLT/SST partial-pair datasets with reference-RM weights"),
+    "decode": ("decoding.decode", "reward-guided decoding: Best-of-N / DVTS with REAR, GenRM or an RM"),
     "evaluate-rm": ("sp_prm.evaluate", "accuracy / agreement of reward models on full and partial responses"),
 }
 

@@ -1,0 +1,263 @@
+"""``sp-prm decode``: reward-guided decoding of a prompt set, one jsonl line per prompt.
+
+    sp-prm decode                                   # the default recipe: REAR Best-of-8, SmolLM2, 6 prompts
+    sp-prm decode --config recipes/decode/dvts_rear_smollm2.yaml --scorer.lam 10 --output out.jsonl
+    sp-prm decode --scorer.name rm:path/to/prm --search.method dvts --data.path prompts.jsonl
+
+Output record (one JSON object per line, in input order within a run)::
+
+    id          str    the record's id (``data.id_field``, else its row number)
+    prompt      str    the question / prompt text (the last user turn for chat prompts)
+    preference  str    the preference text, or null
+    messages    list   the full chat context the policy saw
+    response    str    the selected response
+    score       float  its aggregated score
+    complete    bool   False when a token/step budget cut it (no EOS)
+    best_index  int    index of the response among the candidates
+    n           int    number of candidates (exactly search.n)
+    candidates  list   [{response, score, complete}] for all n (only with save_candidates)
+    search      str    method; scorer: str scorer name
+    compute     {policy_tokens_generated, policy_tokens_prefilled, scorer_tokens, scorer_calls, seconds}
+
+``compute`` counts tokens exactly per prompt (sampled tokens of every candidate,
+including discarded DVTS branches; prompt and teacher-forced tokens through the
+policy; tokens through the scorer's model); ``seconds`` is the batch's wall time
+split evenly over its prompts. A killed run resumes: records whose id is already
+in ``output`` are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decoding.best_of_n import best_of_n
+from decoding.dvts import dvts
+from decoding.policy import Policy, SamplingParams
+from decoding.prompts import DataConfig, load_prompts
+from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
+from decoding.types import AGGREGATIONS, Meter
+from sp_prm.config import load_config
+from sp_prm.formatting import PrefixFormat
+
+METHODS = ("best_of_n", "dvts")
+
+
+@dataclass
+class PolicyConfig:
+    """The sampling model."""
+
+    model: str = field(default="builtin:smollm2-135m-instruct", metadata={"help": "HF path/id or builtin: name."})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
+    device: str | None = field(default=None, metadata={"help": "cuda / cpu; null: cuda when available."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+
+
+@dataclass
+class ScorerConfig:
+    """What scores candidates: 'rear', 'genrm' or 'rm:<path>'."""
+
+    name: str = field(default="rear", metadata={"help": "rear | genrm | rm:<path or builtin: name>."})
+    lam: float = field(default=20.0, metadata={"help": "REAR lambda (>= 0); 1 = the policy's log-likelihood."})
+    aggregation: str | None = field(
+        default=None, metadata={"help": f"Step-score aggregation {AGGREGATIONS}; null: the scorer's default."}
+    )
+    cache: bool = field(default=True, metadata={"help": "Keep decoder scorers' KV cache across calls."})
+    max_batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per scorer forward."})
+    max_batch_size: int = field(default=64, metadata={"help": "Rows per scorer forward."})
+    dtype: str = field(default="float32", metadata={"help": "Reward model dtype (rm: scorers)."})
+    prefix: PrefixFormat = field(
+        default_factory=PrefixFormat, metadata={"help": "How an rm: scorer renders (prompt, partial response)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.name not in ("rear", "genrm") and not self.name.startswith("rm:"):
+            raise ValueError(f"scorer.name must be rear, genrm or rm:<path>, got {self.name!r}")
+        if self.name.startswith("rm:") and not self.name[3:]:
+            raise ValueError("scorer.name rm: needs a path, e.g. rm:outputs/prm")
+        if self.lam < 0:
+            raise ValueError(f"scorer.lam must be >= 0, got {self.lam}")
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"scorer.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if isinstance(self.prefix, dict):
+            self.prefix = PrefixFormat(**self.prefix)
+
+
+@dataclass
+class SearchConfig:
+    """Which search and its budget."""
+
+    method: str = field(default="best_of_n", metadata={"help": f"One of {METHODS}."})
+    n: int = field(default=8, metadata={"help": "Completions per prompt (BoN N; DVTS total = subtrees x width)."})
+    width: int = field(default=4, metadata={"help": "DVTS: children per subtree per step (n / width subtrees)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Token budget per response."})
+    max_steps: int = field(default=16, metadata={"help": "DVTS: step budget."})
+    max_step_tokens: int = field(default=64, metadata={"help": "DVTS: token cap of one step."})
+    delimiter: str = field(default="\n", metadata={"help": "DVTS: text that ends a step (default: line break)."})
+    finish_last_step: bool = field(default=True, metadata={"help": "DVTS: the last step samples to the end."})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"search.method must be one of {METHODS}, got {self.method!r}")
+        if self.n < 1:
+            raise ValueError(f"search.n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"search.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.method == "dvts":
+            if self.width < 1 or self.n % self.width:
+                raise ValueError(f"search.n={self.n} must be a positive multiple of search.width={self.width}")
+            if self.max_steps < 1 or self.max_step_tokens < 1:
+                raise ValueError("search.max_steps and search.max_step_tokens must be >= 1")
+            if not self.delimiter:
+                raise ValueError("search.delimiter must be non-empty for dvts")
+
+
+@dataclass
+class DecodeConfig:
+    """Reward-guided decoding of a prompt set (REAR / GenRM / RM scorers; Best-of-N, DVTS)."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output: str = field(default="outputs/decode/bon_rear_smollm2.jsonl", metadata={"help": "Output jsonl."})
+    save_candidates: bool = field(default=True, metadata={"help": "Write all n candidates with their scores."})
+    batch_size: int = field(default=4, metadata={"help": "Prompts decoded together (one batched search)."})
+    seed: int = field(default=0, metadata={"help": "Run seed; candidate seeds derive from it and the record id."})
+    resume: bool = field(default=True, metadata={"help": "Skip prompts already in output; false: refuse to overwrite."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def _dtype(name: str) -> torch.dtype:
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return value
+
+
+def build_policy(cfg: DecodeConfig, meter: Meter) -> Policy:
+    from transformers import AutoModelForCausalLM
+
+    from sp_prm.models import load_tokenizer, resolve
+
+    device = cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve(cfg.policy.model), dtype=_dtype(cfg.policy.dtype), trust_remote_code=cfg.policy.trust_remote_code
+    ).to(device)
+    return Policy(model, tokenizer, delimiter=cfg.search.delimiter, meter=meter)
+
+
+def build_scorer(cfg: DecodeConfig, policy: Policy, meter: Meter) -> Any:
+    sc = cfg.scorer
+    if sc.name == "rear":
+        return RearScorer(policy, sc.lam, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
+                          max_batch_size=sc.max_batch_size, meter=meter)
+    if sc.name == "genrm":
+        return GenRMScorer(policy, max_batch_tokens=sc.max_batch_tokens, max_batch_size=sc.max_batch_size,
+                           meter=meter)
+    from sp_prm.models import load_reward_model, load_tokenizer
+
+    path = sc.name[3:]
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.policy.trust_remote_code)
+    model = load_reward_model(path, dtype=sc.dtype, device=str(policy.device),
+                              trust_remote_code=cfg.policy.trust_remote_code, pad_token_id=tokenizer.pad_token_id)
+    return RewardModelScorer(model, tokenizer, sc.prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
+                             max_batch_size=sc.max_batch_size, meter=meter)
+
+
+def done_ids(path: Path) -> set[str]:
+    """Ids already written (a torn last line from a killed run is ignored and rewritten)."""
+    ids: set[str] = set()
+    if not path.exists():
+        return ids
+    good: list[str] = []
+    with path.open() as f:
+        for line in f:
+            try:
+                ids.add(str(json.loads(line)["id"]))
+                good.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError):
+                continue
+    path.write_text("".join(good))
+    return ids
+
+
+def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, meter: Meter | None = None) -> Path:
+    """Decode every prompt of ``cfg.data`` into ``cfg.output``; models can be passed in (tests, notebooks)."""
+    prompts = load_prompts(cfg.data, require_preference=cfg.scorer.name == "rear" and cfg.scorer.lam != 1.0)
+    out = Path(cfg.output)
+    if out.exists() and not cfg.resume and out.stat().st_size:
+        raise FileExistsError(f"output {out} exists; pass --resume true to continue it or choose another --output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    skip = done_ids(out)
+    todo = [p for p in prompts if p.id not in skip]
+    meter = meter or (policy.meter if policy is not None else Meter())
+    policy = policy or build_policy(cfg, meter)
+    policy.meter = meter
+    policy.delimiter = cfg.search.delimiter
+    scorer = scorer or build_scorer(cfg, policy, meter)
+    scorer.meter = meter
+    if hasattr(scorer, "cache") and hasattr(scorer.cache, "meter"):
+        scorer.cache.meter = meter
+    if getattr(scorer, "prefix_cache", None) is not None:
+        scorer.prefix_cache.meter = meter
+    search = cfg.search
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="decode", unit="prompt")
+    with out.open("a") as f:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start: start + cfg.batch_size]
+            t0 = time.perf_counter()
+            if search.method == "best_of_n":
+                results = best_of_n(policy, scorer, batch, search.n, cfg.sampling, search.max_new_tokens,
+                                    cfg.seed, cfg.scorer.aggregation)
+            else:
+                results = dvts(policy, scorer, batch, search.n, search.width, cfg.sampling, search.max_new_tokens,
+                               search.max_steps, search.max_step_tokens, cfg.seed, cfg.scorer.aggregation,
+                               search.finish_last_step)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for r in results:
+                best = r.best_candidate
+                record = {
+                    "id": r.prompt.id, "prompt": r.prompt.question, "preference": r.prompt.preference,
+                    "messages": r.prompt.messages, "response": policy.decode(best.token_ids), "score": best.score,
+                    "complete": best.complete, "best_index": r.best, "n": len(r.candidates),
+                    "search": search.method, "scorer": cfg.scorer.name,
+                }
+                if cfg.save_candidates:
+                    record["candidates"] = [
+                        {"response": policy.decode(c.token_ids), "score": c.score, "complete": c.complete}
+                        for c in r.candidates
+                    ]
+                record["compute"] = {**meter.for_group(r.prompt.index), "seconds": round(seconds, 4)}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(DecodeConfig, argv)
+    path = run(cfg)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

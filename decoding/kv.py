@@ -1,0 +1,171 @@
+"""A batch of token sequences held in a transformers KV cache: the one state every search moves.
+
+``KVState`` is shared by the policy (sampling), the decoder-RM scorer and REAR's
+question-only pass. Rows are independent sequences (a prompt, a candidate, a
+beam); each row's real tokens are marked by ``mask`` and the physical columns of
+the cache may contain *holes* (masked columns): rows that fed no token in a
+batched step, or tokens rolled back after a rejection. Holes are exact: a masked
+key gets zero attention weight, and positions (RoPE) are taken from the number
+of real tokens before a token, not from its column. ``compact()`` squeezes holes
+out when they waste too much.
+
+The operations the searches need:
+
+* ``select(indices)`` -- fork / reorder / drop rows (repeat an index to fork a
+  prefix into several candidates without recomputing it); returns a new state
+  and leaves this one usable.
+* ``forward(backbone, tokens)`` -- feed each row its own (possibly empty) list
+  of new tokens in one batched call; returns their hidden states.
+* ``rollback(keep)`` -- keep only the first ``keep[i]`` real tokens of row ``i``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+
+class KVState:
+    """Rows of token ids with their KV cache. See the module docstring.
+
+    Args:
+        cache: a ``DynamicCache`` whose batch dimension has one entry per row.
+        mask: ``[rows, columns]`` 1 where a column holds a real token of the row.
+        ids: the real token ids of each row, in order.
+        groups: a tag per row (the prompt it belongs to), used for accounting.
+    """
+
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, ids: list[list[int]], groups: list[int]) -> None:
+        self.cache = cache
+        self.mask = mask
+        self.ids = ids
+        self.groups = groups
+
+    @classmethod
+    def empty(cls, groups: Sequence[int], device: torch.device | str = "cpu", config: Any = None) -> KVState:
+        cache = DynamicCache(config=config) if config is not None else DynamicCache()
+        return cls(cache, torch.zeros((len(groups), 0), dtype=torch.long, device=device),
+                   [[] for _ in groups], list(groups))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) for r in self.ids]
+
+    def hole_fraction(self) -> float:
+        total = self.mask.numel()
+        return 0.0 if total == 0 else 1.0 - float(self.mask.sum()) / total
+
+    def select(self, indices: Sequence[int] | torch.Tensor) -> KVState:
+        """A new state whose row ``j`` is a copy of row ``indices[j]`` (fork, reorder or drop)."""
+        idx = torch.as_tensor(list(indices) if not torch.is_tensor(indices) else indices, dtype=torch.long)
+        cache = copy.copy(self.cache)
+        # Shallow-copy the layers so that selecting leaves this state's tensors untouched.
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        if len(idx):
+            cache.batch_select_indices(idx.to(self.mask.device))
+        il = idx.tolist()
+        return KVState(cache, self.mask[idx.to(self.mask.device)], [list(self.ids[i]) for i in il],
+                       [self.groups[i] for i in il])
+
+    def forward(
+        self, backbone: Callable[..., Any], tokens: Sequence[Sequence[int]], pad_id: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed row ``i`` the tokens ``tokens[i]`` (may be empty) in one batched call.
+
+        Returns ``(hidden [rows, T, H], new_mask [rows, T])`` for the new columns;
+        new tokens are right-aligned after the existing columns (short rows get holes).
+        """
+        if len(tokens) != len(self):
+            raise ValueError(f"forward got {len(tokens)} token lists for {len(self)} rows")
+        T = max((len(t) for t in tokens), default=0)
+        device = self.mask.device
+        if T == 0:
+            return torch.zeros((len(self), 0, 0), device=device), torch.zeros((len(self), 0), dtype=torch.long)
+        new_ids = torch.full((len(self), T), pad_id, dtype=torch.long)
+        new_mask = torch.zeros((len(self), T), dtype=torch.long)
+        for i, t in enumerate(tokens):
+            if len(t):
+                new_ids[i, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+                new_mask[i, : len(t)] = 1
+        new_ids, new_mask = new_ids.to(device), new_mask.to(device)
+        # RoPE position = number of real tokens before this one (holes do not count).
+        position_ids = self.mask.sum(1, keepdim=True) + torch.arange(T, device=device)[None, :]
+        full_mask = torch.cat([self.mask, new_mask], dim=1)
+        out = backbone(
+            input_ids=new_ids, attention_mask=full_mask, position_ids=position_ids,
+            past_key_values=self.cache, use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.mask = full_mask
+        for i, t in enumerate(tokens):
+            self.ids[i].extend(int(x) for x in t)
+        return out.last_hidden_state, new_mask
+
+    def rollback(self, keep: Sequence[int]) -> None:
+        """Keep the first ``keep[i]`` real tokens of row ``i``: later ones become holes."""
+        keep_t = torch.as_tensor(list(keep), dtype=torch.long, device=self.mask.device)
+        if len(keep_t) and self.width:
+            count = self.mask.cumsum(1)
+            self.mask = self.mask * (count <= keep_t[:, None]).long()
+        for i, k in enumerate(keep):
+            del self.ids[i][k:]
+        self._trim_tail()
+
+    def _trim_tail(self) -> None:
+        """Drop trailing columns that are holes in every row (frees memory, exact)."""
+        if self.width == 0:
+            return
+        used = self.mask.any(0).nonzero()
+        last = int(used.max()) + 1 if len(used) else 0
+        extra = self.width - last
+        if extra > 0:
+            if last == 0:
+                self.cache = DynamicCache()
+            else:
+                self.cache.crop(-extra)
+            self.mask = self.mask[:, :last]
+
+    def compactable(self) -> bool:
+        return all(type(layer) in (DynamicLayer,) for layer in self.cache.layers) and not any(
+            isinstance(layer, DynamicSlidingWindowLayer) for layer in self.cache.layers
+        )
+
+    def compact(self, threshold: float = 0.3) -> bool:
+        """Squeeze holes out when more than ``threshold`` of the columns are holes.
+
+        Keys were rotated with their real positions before caching, so moving
+        them to other columns (keeping their order) changes nothing.
+        """
+        if self.width == 0 or self.hole_fraction() <= threshold or not self.compactable():
+            return False
+        counts = self.mask.sum(1)
+        width = int(counts.max())
+        rows = len(self)
+        index = torch.zeros((rows, width), dtype=torch.long, device=self.mask.device)
+        new_mask = torch.zeros((rows, width), dtype=torch.long, device=self.mask.device)
+        for i in range(rows):
+            real = self.mask[i].nonzero().squeeze(1)
+            n = len(real)
+            if n:
+                index[i, width - n:] = real
+                new_mask[i, width - n:] = 1
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys = layer.keys.gather(2, gather.to(layer.keys.device))
+            layer.values = layer.values.gather(2, gather.to(layer.values.device))
+        self.mask = new_mask
+        return True

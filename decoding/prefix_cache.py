@@ -1,0 +1,214 @@
+"""Per-position values of token sequences through a decoder, reusing the KV cache of the last call.
+
+``PrefixCache.values(seqs)`` returns, for every sequence, one value per token
+position, computed by a head on the decoder's hidden states:
+
+* ``kind="reward"``: ``value[p] = head(h[p])`` -- a decoder RM's reward of the
+  prefix ending at ``p`` (or GenRM's yes/no margin at ``p``);
+* ``kind="logprob"``: ``value[p] = log pi(seq[p] | seq[:p])`` (``value[0] = 0``)
+  -- REAR's teacher-forced log-likelihood.
+
+Reuse: the rows of the last call are kept. Each new sequence starts from the kept
+row with the longest common token prefix (crop, then extend), so scoring a search
+step costs the step's new tokens. Sequences of one group (one prompt) whose
+shared prefix is not cached yet get that prefix computed once and forked, so
+N candidates of a fresh prompt cost one prompt pass plus N responses. Every
+forward is batched over all sequences (chunked by a token budget, sorted by
+length). Values of reused positions are read back from the kept rows, so the
+result equals an uncached computation (``enabled=False``) up to float noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from decoding.kv import KVState
+from decoding.types import Meter
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x, y = np.asarray(a[:n]), np.asarray(b[:n])
+    diff = np.nonzero(x != y)[0]
+    return int(diff[0]) if len(diff) else n
+
+
+class _Kept:
+    """One chunk's state from the last call plus the per-position values of its rows."""
+
+    def __init__(self, state: KVState, values: list[torch.Tensor]) -> None:
+        self.state = state
+        self.values = values
+        width = max((len(r) for r in state.ids), default=0)
+        self.matrix = np.full((len(state.ids), width), -1, dtype=np.int64)
+        for i, r in enumerate(state.ids):
+            self.matrix[i, : len(r)] = r
+
+    def best(self, seq: Sequence[int]) -> tuple[int, int]:
+        """(row, common prefix length) of the row sharing the longest prefix with ``seq``."""
+        if self.matrix.size == 0:
+            return -1, 0
+        n = min(len(seq), self.matrix.shape[1])
+        eq = self.matrix[:, :n] == np.asarray(seq[:n])[None, :]
+        lcp = np.cumprod(eq, axis=1).sum(1)
+        row = int(lcp.argmax())
+        return row, int(lcp[row])
+
+
+class PrefixCache:
+    """See the module docstring.
+
+    Args:
+        backbone: the decoder (``model.model``-like: takes ``input_ids``, ``attention_mask``,
+            ``position_ids``, ``past_key_values``; returns ``last_hidden_state``).
+        head: hidden ``[n, H]`` -> ``[n]`` values (reward kind) or ``[n, V]`` logits (logprob kind).
+        kind: ``"reward"`` or ``"logprob"``.
+        pad_id: id fed in padded columns (never attended to).
+        max_batch_tokens: budget of cached + new columns times rows per forward.
+        max_batch_size: rows per forward.
+        enabled: ``False`` recomputes every sequence from scratch (the reference path).
+        meter / counter name: where fed tokens are counted, per group.
+    """
+
+    def __init__(
+        self,
+        backbone: Callable[..., Any],
+        head: Callable[[torch.Tensor], torch.Tensor],
+        kind: str = "reward",
+        pad_id: int = 0,
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 64,
+        enabled: bool = True,
+        meter: Meter | None = None,
+        counter: str = "scorer_tokens",
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if kind not in ("reward", "logprob"):
+            raise ValueError(f"kind must be reward or logprob, got {kind!r}")
+        self.backbone, self.head, self.kind = backbone, head, kind
+        self.pad_id = pad_id
+        self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
+        self.enabled = enabled
+        self.meter = meter or Meter()
+        self.counter = counter
+        self.device = device
+        self.kept: list[_Kept] = []
+        self.forward_passes = 0
+        self.tokens_fed = 0
+
+    def reset(self) -> None:
+        self.kept = []
+
+    @torch.no_grad()
+    def values(self, seqs: Sequence[Sequence[int]], groups: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Per-position values (fp32, CPU) of every sequence; see the module docstring."""
+        seqs = [list(s) for s in seqs]
+        groups = list(range(len(seqs))) if groups is None else list(groups)
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("PrefixCache.values got an empty sequence")
+        kept = self.kept if self.enabled else []
+        if self.enabled:
+            # Shared prefixes of each group that no kept row covers: compute them once first.
+            by_group: dict[int, list[int]] = {}
+            for j, g in enumerate(groups):
+                by_group.setdefault(g, []).append(j)
+            prefixes, prefix_groups = [], []
+            for g, js in by_group.items():
+                if len(js) < 2:
+                    continue
+                shared = seqs[js[0]]
+                n = len(shared)
+                for j in js[1:]:
+                    n = min(n, _common_prefix(shared, seqs[j]))
+                covered = max((k.best(shared[:n])[1] for k in kept), default=0)
+                if n >= 2 and covered < n - 1:
+                    prefixes.append(shared[:n])
+                    prefix_groups.append(g)
+            if prefixes:
+                kept = kept + self._run(prefixes, prefix_groups, kept)[1]
+        out, new_kept = self._run(seqs, groups, kept)
+        self.kept = new_kept if self.enabled else []
+        return out
+
+    def _run(
+        self, seqs: list[list[int]], groups: list[int], kept: list[_Kept]
+    ) -> tuple[list[torch.Tensor], list[_Kept]]:
+        # 1. Each sequence's source row: the kept row with the longest common prefix.
+        plans: list[tuple[int, int, int]] = []  # (kept index or -1, row, tokens kept)
+        for s in seqs:
+            best = (-1, -1, 0)
+            for ki, k in enumerate(kept):
+                row, lcp = k.best(s)
+                if lcp > best[2]:
+                    best = (ki, row, lcp)
+            ki, row, lcp = best
+            # Recompute at least the last position (reward kind reads it); the logprob kind
+            # re-feeds one cached token so that the first new token has its context's logits.
+            keep = min(lcp, len(s) - 1) if self.kind == "reward" else min(lcp, len(s)) - 1
+            if keep <= 0:
+                ki, row, keep = -1, -1, 0
+            plans.append((ki, row, keep))
+        # 2. Chunks: sequences from the same source, sorted by new length, under the token budget.
+        order = sorted(range(len(seqs)), key=lambda j: (plans[j][0], -(len(seqs[j]) - plans[j][2])))
+        chunks: list[list[int]] = []
+        for j in order:
+            if chunks:
+                head = chunks[-1]
+                same = plans[head[0]][0] == plans[j][0]
+                base = kept[plans[j][0]].state.width if plans[j][0] >= 0 else 0
+                width = base + max(len(seqs[i]) - plans[i][2] for i in head)
+                if same and len(head) < self.max_batch_size and (len(head) + 1) * width <= self.max_batch_tokens:
+                    head.append(j)
+                    continue
+            chunks.append([j])
+        out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+        new_kept: list[_Kept] = []
+        for chunk in chunks:
+            ki = plans[chunk[0]][0]
+            if ki >= 0:
+                state = kept[ki].state.select([plans[j][1] for j in chunk])
+                state.groups = [groups[j] for j in chunk]
+                state.rollback([plans[j][2] for j in chunk])
+                state.compact()
+            else:
+                state = KVState.empty([groups[j] for j in chunk], device=self.device)
+            feeds = [seqs[j][plans[j][2]:] for j in chunk]
+            hidden, new_mask = state.forward(self.backbone, feeds, self.pad_id)
+            self.forward_passes += 1
+            self.tokens_fed += int(new_mask.sum())
+            self.meter.add(self.counter, state.groups, [len(f) for f in feeds])
+            chunk_values = []
+            for r, j in enumerate(chunk):
+                keep = plans[j][2]
+                h = hidden[r, : len(feeds[r])]
+                old = kept[ki].values[plans[j][1]][:keep] if ki >= 0 else torch.empty(0)
+                if self.kind == "reward":
+                    new = self.head(h).float().reshape(-1).cpu()
+                    vals = torch.cat([old, new])
+                else:
+                    seq_t = torch.as_tensor(seqs[j], device=h.device)
+                    targets = seq_t[keep + 1:]
+                    lp = self._token_logprobs(h[:-1] if len(h) > 1 else h[:0], targets)
+                    if ki >= 0:
+                        first = kept[ki].values[plans[j][1]][keep: keep + 1]
+                        vals = torch.cat([old, first, lp])
+                    else:
+                        vals = torch.cat([torch.zeros(1), lp])
+                out[j] = vals
+                chunk_values.append(vals)
+            new_kept.append(_Kept(state, chunk_values))
+        return out, new_kept
+
+    def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, slice_rows: int = 256) -> torch.Tensor:
+        """log-softmax of the head at each hidden state, gathered at the next token; sliced to bound memory."""
+        parts = []
+        for a in range(0, len(targets), slice_rows):
+            logits = self.head(hidden[a: a + slice_rows]).float()
+            parts.append(logits.log_softmax(-1).gather(1, targets[a: a + slice_rows, None]).squeeze(1).cpu())
+        return torch.cat(parts) if parts else torch.empty(0)

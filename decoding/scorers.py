@@ -1,0 +1,283 @@
+"""Scorers: one small interface, ``score(prompts, partials) -> rewards`` (``[n]`` fp32 tensor).
+
+* :class:`RewardModelScorer` -- any one-output sequence classifier (ORM or a trained
+  SP-PRM), encoder or decoder, with its own tokenizer. Ids are built with
+  ``sp_prm.formatting.encode`` exactly as in training: a partial response has no end
+  marker, a complete one gets it when ``PrefixFormat.end_marker`` is on. Decoder RMs
+  keep the KV cache of the last call (``PrefixCache``: crop, then extend); encoders
+  go through ``sp_prm.scoring.RewardScorer`` (token-budget batches sorted by length).
+* :class:`RearScorer` -- REAR(lambda), the REAR paper's Eq. 9-10 with gamma = 1::
+
+      S = sum_t (1 - lambda) * log pi(a_t | q, a_<t) + lambda * log pi(a_t | q + p, a_<t)
+
+  over the response tokens (plus the stop token when the response is complete: it
+  is the episode's last action). The full-context term reuses the sampling
+  log-probs carried by the ``Partial``; the question-only term is an incremental
+  forward over a second, ``PrefixCache``-managed cache. ``lambda = 1`` is the
+  policy's own log-likelihood.
+* :class:`GenRMScorer` -- the REAR paper's appendix C judge: the conversation
+  (system: preference, user: question, assistant: response) is followed by a
+  user turn asking "Is this a preferred response? ..." and an assistant turn
+  opened with ``Preferred:``; the score is ``log p(Yes) - log p(No)`` of the next
+  token (each side: log-sum-exp over its spellings, " Yes" and "Yes").
+
+Every scorer says whether its score is ``additive`` over steps (REAR: the score of
+a prefix is the sum of its steps' increments) and its default aggregation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+from decoding.policy import Policy
+from decoding.prefix_cache import PrefixCache
+from decoding.types import Meter, Partial, Prompt
+from sp_prm.formatting import PrefixFormat, encode
+from sp_prm.scoring import RewardScorer, is_causal_reward_model, unwrap
+
+
+class Scorer(Protocol):
+    """What a search needs from a scorer."""
+
+    additive: bool
+    default_aggregation: str
+    meter: Meter
+
+    def score(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> torch.Tensor: ...
+
+
+def _check_lengths(prompts: Sequence[Prompt], partials: Sequence[Partial]) -> None:
+    if len(prompts) != len(partials):
+        raise ValueError(f"score got {len(prompts)} prompts for {len(partials)} responses")
+
+
+class RewardModelScorer:
+    """A sequence-classification reward model as a scorer. See the module docstring.
+
+    Args:
+        model: one-output ``AutoModelForSequenceClassification``.
+        tokenizer: the RM's own tokenizer.
+        prefix_format: how (prompt, partial response) becomes ids; use the PRM's training format.
+        cache: keep a decoder RM's KV cache across calls (no effect for encoders).
+    """
+
+    additive = False
+    default_aggregation = "last"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prefix_format: PrefixFormat | None = None,
+        cache: bool = True,
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 64,
+        meter: Meter | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.format = prefix_format or PrefixFormat()
+        self.meter = meter or Meter()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.rm = RewardScorer(model, pad_token_id=pad, max_batch_tokens=max_batch_tokens,
+                               max_batch_size=max_batch_size)
+        self.causal = self.rm.causal
+        self.prefix_cache: PrefixCache | None = None
+        if self.causal and cache:
+            inner = unwrap(model)
+            self.prefix_cache = PrefixCache(
+                getattr(inner, inner.base_model_prefix), lambda h: inner.score(h).squeeze(-1), kind="reward",
+                pad_id=pad, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                meter=self.meter, device=self.rm.device,
+            )
+
+    def sequence(self, prompt: Prompt, partial: Partial) -> list[int]:
+        """The RM's ids for one (prompt, partial response), as in training."""
+        enc = encode(self.tokenizer, prompt.messages, partial.text, self.format)
+        if partial.text.strip():
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            if not enc.content_ids or (unk is not None and all(t == unk for t in enc.content_ids)):
+                raise ValueError(
+                    f"record {prompt.id!r}: the reward model's tokenizer cannot encode the response "
+                    f"(no known tokens in {partial.text[:60]!r})"
+                )
+        # A complete response carries the end marker (if the format uses one); a partial never does.
+        return enc.sequence(end_marker=partial.complete)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> torch.Tensor:
+        _check_lengths(prompts, partials)
+        if not partials:
+            return torch.empty(0)
+        seqs = [self.sequence(p, r) for p, r in zip(prompts, partials)]
+        groups = [p.index for p in prompts]
+        self.meter.add("scorer_calls", sorted(set(groups)))
+        if self.prefix_cache is not None:
+            values = self.prefix_cache.values(seqs, groups)
+            return torch.stack([v[-1] for v in values])
+        self.meter.add("scorer_tokens", groups, [len(s) for s in seqs])
+        return self.rm.score(seqs)
+
+
+class RearScorer:
+    """REAR(lambda) on the policy itself. See the module docstring.
+
+    Args:
+        policy: the sampling policy (its model gives both log-likelihoods).
+        lam: lambda >= 0; 1 = the policy's own log-likelihood; the paper's best is about 20.
+        reuse_generation_logprobs: take the full-context term from ``Partial.logprobs`` when
+            present (they come from the same model and context while sampling).
+        cache: keep the teacher-forced cache across calls (``False``: recompute; for checks).
+    """
+
+    additive = True
+    default_aggregation = "sum"
+
+    def __init__(
+        self,
+        policy: Policy,
+        lam: float = 20.0,
+        reuse_generation_logprobs: bool = True,
+        cache: bool = True,
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 64,
+        meter: Meter | None = None,
+    ) -> None:
+        if lam < 0:
+            raise ValueError(f"REAR lambda must be >= 0, got {lam}")
+        self.policy = policy
+        self.lam = float(lam)
+        self.reuse = reuse_generation_logprobs
+        self.meter = meter or policy.meter
+        self.cache = PrefixCache(
+            policy.backbone, policy.logits, kind="logprob", pad_id=policy.pad_id,
+            max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, enabled=cache,
+            meter=self.meter, device=policy.device,
+        )
+        self._encoded: dict[tuple[str, str], list[int]] = {}
+
+    def _prompt_ids(self, prompt: Prompt, which: str) -> list[int]:
+        key = (prompt.id, which)
+        if key not in self._encoded:
+            if which == "question":
+                if prompt.question_messages is None:
+                    raise ValueError(
+                        f"record {prompt.id!r}: REAR needs a preference (a question-only context); "
+                        "give the record a preference field or mark the preference turn"
+                    )
+                self._encoded[key] = self.policy.encode(prompt.question_messages)
+            else:
+                self._encoded[key] = self.policy.encode(prompt.messages)
+        return self._encoded[key]
+
+    def terms(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(question-only sum, full-context sum)`` of log-probs of each response (0 where lambda skips it)."""
+        _check_lengths(prompts, partials)
+        n = len(partials)
+        q_sum, f_sum = torch.zeros(n), torch.zeros(n)
+        seqs, starts, slots = [], [], []
+        groups = [p.index for p in prompts]
+        for j, (p, r) in enumerate(zip(prompts, partials)):
+            response = list(r.token_ids) + list(r.end_ids)
+            if self.lam != 1.0:
+                ids = self._prompt_ids(p, "question")
+                seqs.append(ids + response)
+                starts.append(len(ids))
+                slots.append(("q", j))
+            if self.lam != 0.0:
+                if self.reuse and r.logprobs is not None and len(r.logprobs) == len(response):
+                    f_sum[j] = float(sum(r.logprobs))
+                else:
+                    ids = self._prompt_ids(p, "full")
+                    seqs.append(ids + response)
+                    starts.append(len(ids))
+                    slots.append(("f", j))
+        if seqs:
+            values = self.cache.values(seqs, [groups[j] for _, j in slots])
+            for (which, j), v, s in zip(slots, values, starts):
+                (q_sum if which == "q" else f_sum)[j] = v[s:].sum()
+        return q_sum, f_sum
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> torch.Tensor:
+        if not partials:
+            return torch.empty(0)
+        self.meter.add("scorer_calls", sorted({p.index for p in prompts}))
+        q, f = self.terms(prompts, partials)
+        return (1.0 - self.lam) * q + self.lam * f
+
+
+GENRM_JUDGE = (
+    "Please act as an impartial judge and evaluate the quality of the assistant's response. "
+    "A preferred response is helpful, harmless, and accurately follows instructions. "
+    "Is this a preferred response? Answer 'Yes' or 'No' in the format 'Preferred: X'."
+)
+
+
+class GenRMScorer:
+    """The policy as its own yes/no judge (REAR appendix C). See the module docstring."""
+
+    additive = False
+    default_aggregation = "last"
+
+    def __init__(
+        self,
+        policy: Policy,
+        judge_prompt: str = GENRM_JUDGE,
+        answer_prefix: str = "Preferred:",
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 64,
+        meter: Meter | None = None,
+    ) -> None:
+        self.policy = policy
+        self.judge_prompt = judge_prompt
+        self.answer_prefix = answer_prefix
+        self.meter = meter or policy.meter
+        tok = policy.tokenizer
+
+        def first_ids(words: Sequence[str]) -> list[int]:
+            ids = {tok(w, add_special_tokens=False)["input_ids"][0] for w in words}
+            return sorted(ids)
+
+        self.yes_ids = first_ids([" Yes", "Yes"])
+        self.no_ids = first_ids([" No", "No"])
+        if set(self.yes_ids) & set(self.no_ids):
+            raise ValueError("the tokenizer cannot tell 'Yes' from 'No' by their first token")
+        self.cache = PrefixCache(
+            policy.backbone, self._margin, kind="reward", pad_id=policy.pad_id,
+            max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, meter=self.meter,
+            device=policy.device,
+        )
+
+    def _margin(self, hidden: torch.Tensor) -> torch.Tensor:
+        lp = self.policy.logits(hidden).log_softmax(-1)
+        return lp[..., self.yes_ids].logsumexp(-1) - lp[..., self.no_ids].logsumexp(-1)
+
+    def sequence(self, prompt: Prompt, partial: Partial) -> list[int]:
+        """Judge-template ids ending right after ``Preferred:``."""
+        messages = []
+        if prompt.preference:
+            messages.append({"role": "system", "content": prompt.preference})
+        question_turns = prompt.question_messages if prompt.question_messages is not None else prompt.messages
+        messages += [m for m in question_turns if m["role"] != "system" or not prompt.preference]
+        messages += [{"role": "assistant", "content": partial.text}, {"role": "user", "content": self.judge_prompt}]
+        return self.policy.encode(messages) + list(
+            self.policy.tokenizer(self.answer_prefix, add_special_tokens=False)["input_ids"]
+        )
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> torch.Tensor:
+        _check_lengths(prompts, partials)
+        if not partials:
+            return torch.empty(0)
+        groups = [p.index for p in prompts]
+        self.meter.add("scorer_calls", sorted(set(groups)))
+        values = self.cache.values([self.sequence(p, r) for p, r in zip(prompts, partials)], groups)
+        return torch.stack([v[-1] for v in values])
+
+
+def is_decoder_rm(model: Any) -> bool:
+    return is_causal_reward_model(model)
