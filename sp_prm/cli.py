@@ -8,8 +8,11 @@ import sys
 # subcommand -> (module with a main(argv) function, one-line description)
 COMMANDS = {
     "prepare": ("data_prep.prepare", "build TLT/SST partial-pair datasets with reference-RM weights"),
+    "train": ("sp_prm.train", "train an SP-PRM (weighted / unweighted) or an ORM reward model"),
+    "merge": ("sp_prm.merge", "merge a LoRA reward-model adapter into a plain checkpoint"),
     "decode": ("decoding.decode", "reward-guided decoding: Best-of-N / DVTS with REAR, GenRM or an RM"),
     "evaluate-rm": ("sp_prm.evaluate", "accuracy / agreement of reward models on full and partial responses"),
+    "metrics": ("decoding.metrics.run", "reward, diversity, coherence, ROUGE-L, GSM8K, AdvBench ASR, LLM judge"),
 }
 
 
