@@ -71,8 +71,10 @@ class ScorerConfig:
     max_batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per scorer forward."})
     max_batch_size: int = field(default=64, metadata={"help": "Rows per scorer forward."})
     dtype: str = field(default="float32", metadata={"help": "Reward model dtype (rm: scorers)."})
-    prefix: PrefixFormat = field(
-        default_factory=PrefixFormat, metadata={"help": "How an rm: scorer renders (prompt, partial response)."}
+    prefix: PrefixFormat | None = field(
+        default=None,
+        metadata={"help": "How an rm: scorer renders (prompt, partial response); null: the format an sp-prm "
+                  "model was trained with (config.sp_prm), else the PrefixFormat defaults."},
     )
 
     def __post_init__(self) -> None:
@@ -166,13 +168,14 @@ def build_scorer(cfg: DecodeConfig, policy: Policy, meter: Meter) -> Any:
     if sc.name == "genrm":
         return GenRMScorer(policy, max_batch_tokens=sc.max_batch_tokens, max_batch_size=sc.max_batch_size,
                            meter=meter)
-    from sp_prm.models import load_reward_model, load_tokenizer
+    from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
 
     path = sc.name[3:]
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.policy.trust_remote_code)
     model = load_reward_model(path, dtype=sc.dtype, device=str(policy.device),
                               trust_remote_code=cfg.policy.trust_remote_code, pad_token_id=tokenizer.pad_token_id)
-    return RewardModelScorer(model, tokenizer, sc.prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
+    prefix = sc.prefix or trained_prefix_format(model) or PrefixFormat()
+    return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
                              max_batch_size=sc.max_batch_size, meter=meter)
 
 

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
-from sp_prm.models import load_reward_model, load_tokenizer
+from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
 from sp_prm.prefix_scoring import PrefixScorer
 from sp_prm.scoring import RewardScorer
 
@@ -200,6 +200,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     for name, path in tqdm(list(zip(names, paths)), desc="evaluate-rm", unit="model"):
         tok = load_tokenizer(path, config.trust_remote_code)
         model = load_reward_model(path, config.dtype, config.device, config.trust_remote_code, tok.pad_token_id)
+        trained = trained_prefix_format(model)
+        if trained is not None and trained != config.prefix:
+            raise ValueError(
+                f"{path} was trained on prefixes rendered as {trained.to_dict()}, but this evaluation renders "
+                f"{config.prefix.to_dict()}; set --prefix to the model's format"
+            )
         scorer = PrefixScorer(RewardScorer(model, tok.pad_token_id, config.batch_tokens), tok, cut_tok, config.prefix)
         rewards = torch.stack(scorer.score(sides, positions, messages))  # [2 * pairs, cuts]
         scores[name] = (rewards[0::2], rewards[1::2])

@@ -114,3 +114,17 @@ def load_reward_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval()
+
+
+def trained_prefix_format(model: Any) -> Any:
+    """The ``PrefixFormat`` an sp-prm-trained reward model was trained with (``None`` for other models).
+
+    ``sp-prm train`` records it in ``config.sp_prm``; scoring with any other
+    representation would read prefixes the model never saw.
+    """
+    from sp_prm.formatting import PrefixFormat
+
+    record = getattr(getattr(model, "config", None), "sp_prm", None)
+    if isinstance(record, dict) and isinstance(record.get("prefix"), dict):
+        return PrefixFormat(**record["prefix"])
+    return None

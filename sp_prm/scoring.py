@@ -56,7 +56,10 @@ def per_position_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attent
     """Score head applied at every position of a decoder RM: ``[batch, seq]`` in fp32."""
     inner = unwrap(model)
     backbone = getattr(inner, inner.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # Explicit positions: models with absolute position embeddings (GPT-2) would otherwise shift
+    # under left padding; rotary models (Llama) are unaffected either way.
+    position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     return inner.score(hidden).squeeze(-1).float()
 
 
@@ -67,7 +70,11 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Reward of each padded sequence (``[batch]``, fp32), with or without gradients."""
+    """Reward of each padded sequence (``[batch]``, fp32), with or without gradients.
+
+    Decoders: any padding side. Encoders read their first position ([CLS]), so they
+    need right padding (what :func:`pad` and :class:`RewardScorer` use).
+    """
     if is_causal_reward_model(model):
         rewards = per_position_rewards(model, input_ids, attention_mask)
         return rewards.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)

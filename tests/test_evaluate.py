@@ -67,3 +67,19 @@ def test_bad_config():
         EvaluateConfig(models=["a", "b"], names=["x"])
     with pytest.raises(ValueError, match="fractions"):
         EvaluateConfig(models=["a"], fractions=[0.0])
+
+
+def test_trained_prefix_format_is_enforced(tmp_path, tiny_llama_rm, smollm_tokenizer):
+    from sp_prm.models import trained_prefix_format
+
+    assert trained_prefix_format(tiny_llama_rm) is None
+    fmt = PrefixFormat(template="plain", max_prompt_tokens=64, max_response_tokens=16)
+    tiny_llama_rm.config.sp_prm = {"prefix": fmt.to_dict()}
+    assert trained_prefix_format(tiny_llama_rm) == fmt
+    tiny_llama_rm.save_pretrained(tmp_path / "m")
+    smollm_tokenizer.save_pretrained(tmp_path / "m")
+    cfg = EvaluateConfig(models=[str(tmp_path / "m")], limit=10, output_dir=str(tmp_path / "e"))
+    with pytest.raises(ValueError, match="was trained on prefixes rendered as"):
+        evaluate(cfg)
+    cfg.prefix = fmt
+    assert evaluate(cfg)["n_pairs"] > 0
