@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 4 experiment: does SP-PRM make a reward model's prefix scores consistent with its full scores?
+# Real data: HH-RLHF harmless-base (../shared/data, 1,812 rows), split 80/20 by hashed pair id.
+# Backbone: all-MiniLM-L6-v2 (22.7 M). CPU. Writes outputs/exp-hh/ (see RESULTS.md).
+#   bash scripts/experiment_sp_prm_hh.sh [seed]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEED=${1:-0}
+DATA=${HH_DATA:-../shared/data/hh-rlhf/harmless-base/test.jsonl.gz}
+OUT=outputs/exp-hh/seed$SEED
+PREFIX=(--prefix.template plain --prefix.max_prompt_tokens 192 --prefix.max_response_tokens 64)
+mkdir -p "$OUT"
+
+python - "$DATA" "$OUT" <<'PY'
+import json, sys
+from data_prep.loaders import load_preferences
+src, out = sys.argv[1], sys.argv[2]
+for part in ("train", "eval"):
+    pairs, report = load_preferences(src, subset=part, eval_fraction=0.2)
+    with open(f"{out}/{part}.jsonl", "w") as f:
+        for row in pairs:
+            f.write(json.dumps(row) + "\n")
+    print(part, len(pairs), report.to_dict())
+PY
+
+# 1. reference ORM on full train pairs
+sp-prm train --config recipes/hh-rlhf/train_orm_minilm.yaml --dataset "$OUT/train.jsonl" --eval_fraction 0.05 \
+    --seed "$SEED" --resume false --output_dir "$OUT/orm" "${PREFIX[@]}"
+# 2. SST (K = 5) partial pairs of the train pairs: weighted by the ORM, and the unweighted ablation data
+#    (same seed, so the same positions; Eq. 2 keeps every pair)
+sp-prm prepare --config recipes/hh-rlhf/prepare_sst_minilm.yaml --source "$OUT/train.jsonl" --seed "$SEED" \
+    --reference_model "$OUT/orm" --output_dir "$OUT/sst-weighted" --overwrite
+sp-prm prepare --config recipes/hh-rlhf/prepare_sst_minilm.yaml --source "$OUT/train.jsonl" --seed "$SEED" \
+    --reference_model null --output_dir "$OUT/sst-unweighted" --overwrite
+# 3. SP-PRM (Eq. 3) and its ablation (Eq. 2) with the same number of optimizer steps
+STEPS=$(python -c "from datasets import load_from_disk; import math; print(math.ceil(len(load_from_disk('$OUT/sst-weighted')) * 0.95 / 16))")
+sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-weighted" --loss weighted \
+    --eval_fraction 0.05 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/sp-prm"
+sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-unweighted" --loss unweighted \
+    --eval_fraction 0.05 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/ablation"
+# 4. all three on the held-out pairs, identical prefixes; agreement with the ORM as the reference
+sp-prm evaluate-rm --source "$OUT/eval.jsonl" --subset all --models "[$OUT/orm, $OUT/sp-prm, $OUT/ablation]" \
+    --names '[orm, sp-prm, ablation-eq2]' --token_counts '[1, 5, 10, 20, 30, 50]' \
+    --fractions '[0.25, 0.5, 0.75, 1.0]' --output_dir "$OUT/eval" "${PREFIX[@]}"
