@@ -3,6 +3,7 @@
     sp-prm decode                                   # the default recipe: REAR Best-of-8, SmolLM2, 6 prompts
     sp-prm decode --config recipes/decode/dvts_rear_smollm2.yaml --scorer.lam 10 --output out.jsonl
     sp-prm decode --scorer.name rm:path/to/prm --search.method dvts --data.path prompts.jsonl
+    sp-prm decode --config recipes/decode/args_rear_smollm2.yaml     # ARGS-greedy; also cbs_*, cards_* recipes
 
 Output record (one JSON object per line, in input order within a run)::
 
@@ -14,7 +15,7 @@ Output record (one JSON object per line, in input order within a run)::
     score       float  its aggregated score
     complete    bool   False when a token/step budget cut it (no EOS)
     best_index  int    index of the response among the candidates
-    n           int    number of candidates (exactly search.n)
+    n           int    number of candidates (search.n; args, cards: 1; cbs: the final beams, search.beam_width)
     candidates  list   [{response, score, complete}] for all n (only with save_candidates)
     search      str    method; scorer: str scorer name
     compute     {policy_tokens_generated, policy_tokens_prefilled, scorer_tokens, scorer_calls, seconds}
@@ -28,7 +29,9 @@ in ``output`` are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,10 @@ from typing import Any
 
 import torch
 
+from decoding.args import ARGS_MODES, args_decode
+from decoding.beam_search import check_beam_args, chunk_beam_search
 from decoding.best_of_n import best_of_n
+from decoding.cards import CardsParams, calibrate_thresholds, cards
 from decoding.dvts import dvts
 from decoding.policy import Policy, SamplingParams
 from decoding.prompts import DataConfig, load_prompts
@@ -45,7 +51,7 @@ from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
 from sp_prm.formatting import PrefixFormat
 
-METHODS = ("best_of_n", "dvts")
+METHODS = ("best_of_n", "dvts", "args", "cbs", "cards")
 
 
 @dataclass
@@ -95,13 +101,37 @@ class SearchConfig:
     """Which search and its budget."""
 
     method: str = field(default="best_of_n", metadata={"help": f"One of {METHODS}."})
-    n: int = field(default=8, metadata={"help": "Completions per prompt (BoN N; DVTS total = subtrees x width)."})
+    n: int = field(default=8, metadata={"help": "Completions per prompt (BoN N; DVTS total = subtrees x width; "
+                                         "ignored by args/cards (1 response) and cbs (beam_width beams))."})
     width: int = field(default=4, metadata={"help": "DVTS: children per subtree per step (n / width subtrees)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Token budget per response."})
     max_steps: int = field(default=16, metadata={"help": "DVTS: step budget."})
     max_step_tokens: int = field(default=64, metadata={"help": "DVTS: token cap of one step."})
     delimiter: str = field(default="\n", metadata={"help": "DVTS: text that ends a step (default: line break)."})
     finish_last_step: bool = field(default=True, metadata={"help": "DVTS: the last step samples to the end."})
+    args_k: int = field(default=30, metadata={"help": "ARGS: top-k next tokens scored per step (paper: 30)."})
+    args_w: float = field(default=1.5, metadata={"help": "ARGS: reward weight w in log pi + w * r (paper: 1.5)."})
+    args_mode: str = field(default="greedy", metadata={"help": f"ARGS: one of {ARGS_MODES}; sample uses "
+                                                                "sampling.temperature."})
+    beam_width: int = field(default=8, metadata={"help": "CBS/TBS: beams kept per round W (paper: 8)."})
+    successors: int = field(default=8, metadata={"help": "CBS/TBS: successors per beam K (paper: 8)."})
+    chunk_length: int | None = field(
+        default=30, metadata={"help": "CBS: chunk length L (paper: 30); 1 = TBS; null = whole responses."})
+    cards_tau_u: float = field(default=7.0, metadata={"help": "CARDS: segment ends when next-token entropy "
+                                                               "(nats) reaches this (paper: 7.0)."})
+    cards_r_start: float | None = field(
+        default=None, metadata={"help": "CARDS: reward threshold at length 0 (RM units); null: calibrate "
+                                          "on the run's first pending prompts (set both for resumable runs)."})
+    cards_r_end: float | None = field(
+        default=None, metadata={"help": "CARDS: threshold at max_new_tokens (rises linearly); null: calibrate."})
+    cards_acceptance: str = field(default="hard", metadata={"help": "CARDS: hard | soft (exp((r - thr) / beta))."})
+    cards_beta: float = field(default=1.0, metadata={"help": "CARDS: soft-acceptance temperature."})
+    cards_max_rejections: int = field(default=4, metadata={"help": "CARDS: rejections before the best is kept."})
+    cards_max_segment_tokens: int = field(default=64, metadata={"help": "CARDS: token cap of one segment."})
+    cards_calibration_prompts: int = field(
+        default=4, metadata={"help": "CARDS: prompts (from the run's first) sampled to calibrate null thresholds."})
+    cards_calibration_quantile: float = field(
+        default=0.5, metadata={"help": "CARDS: quantile of the RM's scores used as the calibrated thresholds."})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -117,11 +147,29 @@ class SearchConfig:
                 raise ValueError("search.max_steps and search.max_step_tokens must be >= 1")
             if not self.delimiter:
                 raise ValueError("search.delimiter must be non-empty for dvts")
+        if self.method == "args":
+            if self.args_k < 1:
+                raise ValueError(f"search.args_k must be >= 1, got {self.args_k}")
+            if self.args_mode not in ARGS_MODES:
+                raise ValueError(f"search.args_mode must be one of {ARGS_MODES}, got {self.args_mode!r}")
+        if self.method == "cards":
+            self.cards_params(0.0, 0.0)  # validates
+            if self.cards_calibration_prompts < 1 or not 0 <= self.cards_calibration_quantile <= 1:
+                raise ValueError("search.cards_calibration_prompts must be >= 1 and the quantile in [0, 1]")
+        if self.method == "cbs":
+            try:
+                check_beam_args(self.beam_width, self.successors, self.chunk_length, self.max_new_tokens)
+            except ValueError as e:
+                raise ValueError(f"search (beam_width, successors, chunk_length): {e}") from None
+
+    def cards_params(self, r_start: float, r_end: float) -> CardsParams:
+        return CardsParams(self.cards_tau_u, r_start, r_end, self.cards_acceptance, self.cards_beta,
+                           self.cards_max_rejections, self.cards_max_segment_tokens)
 
 
 @dataclass
 class DecodeConfig:
-    """Reward-guided decoding of a prompt set (REAR / GenRM / RM scorers; Best-of-N, DVTS)."""
+    """Reward-guided decoding of a prompt set (REAR / GenRM / RM scorers; Best-of-N, DVTS, ARGS, CBS/TBS, CARDS)."""
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -216,6 +264,18 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
     if getattr(scorer, "prefix_cache", None) is not None:
         scorer.prefix_cache.meter = meter
     search = cfg.search
+    cards_cfg = None
+    if search.method == "cards" and todo:
+        r_start, r_end = search.cards_r_start, search.cards_r_end
+        if r_start is None or r_end is None:
+            # Negative accounting groups: the calibration's compute is not charged to any record.
+            few = [dataclasses.replace(p, index=-1 - i) for i, p in enumerate(todo[: search.cards_calibration_prompts])]
+            cal = calibrate_thresholds(policy, scorer, few, n=4, max_new_tokens=search.max_new_tokens,
+                                       quantile=search.cards_calibration_quantile, seed=cfg.seed)
+            r_start = cal[0] if r_start is None else r_start
+            r_end = cal[1] if r_end is None else r_end
+            print(f"cards: calibrated thresholds r_start={r_start:.4f}, r_end={r_end:.4f}", file=sys.stderr)
+        cards_cfg = search.cards_params(r_start, r_end)
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -228,6 +288,17 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
             if search.method == "best_of_n":
                 results = best_of_n(policy, scorer, batch, search.n, cfg.sampling, search.max_new_tokens,
                                     cfg.seed, cfg.scorer.aggregation)
+            elif search.method == "args":
+                results = args_decode(policy, scorer, batch, search.args_k, search.args_w, search.max_new_tokens,
+                                      search.args_mode, cfg.sampling.temperature, cfg.seed, cfg.scorer.aggregation)
+            elif search.method == "cbs":
+                results = chunk_beam_search(policy, scorer, batch, search.beam_width, search.successors,
+                                            search.chunk_length, cfg.sampling, search.max_new_tokens, cfg.seed,
+                                            cfg.scorer.aggregation)
+            elif search.method == "cards":
+                assert cards_cfg is not None
+                results = cards(policy, scorer, batch, cards_cfg, cfg.sampling, search.max_new_tokens, cfg.seed,
+                                cfg.scorer.aggregation)
             else:
                 results = dvts(policy, scorer, batch, search.n, search.width, cfg.sampling, search.max_new_tokens,
                                search.max_steps, search.max_step_tokens, cfg.seed, cfg.scorer.aggregation,
