@@ -23,8 +23,8 @@ for part in ("train", "eval"):
     print(part, len(pairs), report.to_dict())
 PY
 
-# 1. reference ORM on full train pairs
-sp-prm train --config recipes/hh-rlhf/train_orm_minilm.yaml --dataset "$OUT/train.jsonl" --eval_fraction 0.05 \
+# 1. reference ORM on full train pairs (train.jsonl is already the train side: no inner eval split)
+sp-prm train --config recipes/hh-rlhf/train_orm_minilm.yaml --dataset "$OUT/train.jsonl" --eval_fraction 0 \
     --seed "$SEED" --resume false --output_dir "$OUT/orm" "${PREFIX[@]}"
 # 2. SST (K = 5) partial pairs of the train pairs: weighted by the ORM, and the unweighted ablation data
 #    (same seed, so the same positions; Eq. 2 keeps every pair)
@@ -35,9 +35,9 @@ sp-prm prepare --config recipes/hh-rlhf/prepare_sst_minilm.yaml --source "$OUT/t
 # 3. SP-PRM (Eq. 3) and its ablation (Eq. 2) with the same number of optimizer steps
 STEPS=$(python -c "from datasets import load_from_disk; import math; print(math.ceil(len(load_from_disk('$OUT/sst-weighted')) * 0.95 / 16))")
 sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-weighted" --loss weighted \
-    --eval_fraction 0.05 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/sp-prm"
+    --eval_fraction 0 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/sp-prm"
 sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-unweighted" --loss unweighted \
-    --eval_fraction 0.05 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/ablation"
+    --eval_fraction 0 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/ablation"
 # 4. all three on the held-out pairs, identical prefixes; agreement with the ORM as the reference
 sp-prm evaluate-rm --source "$OUT/eval.jsonl" --subset all --models "[$OUT/orm, $OUT/sp-prm, $OUT/ablation]" \
     --names '[orm, sp-prm, ablation-eq2]' --token_counts '[1, 5, 10, 20, 30, 50]' \

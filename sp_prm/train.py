@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from datasets import Dataset, load_from_disk
 
+from data_prep.loaders import in_eval_subset
 from sp_prm.collator import PairCollator
 from sp_prm.config import load_config, parse_overrides
 from sp_prm.formatting import PrefixFormat, PromptTooLong, encode
@@ -155,15 +156,23 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
 
 
 def split_eval(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
-    """Hold out whole source pairs (all their prefixes) by a hash of the pair id."""
+    """Hold out whole source pairs (all their prefixes) by a hash of the pair id.
+
+    The same hash as ``load_preferences(subset="eval")`` and ``sp-prm evaluate-rm``'s default
+    subset: with the same ``eval_fraction`` the pairs held out here are exactly the ones those
+    tools evaluate on, so no tool ever evaluates on a pair another one trained on. The split does
+    not depend on ``seed`` (kept in the signature for callers).
+    """
     if fraction <= 0:
         return data, None
-    cut = int(fraction * 10_000)
-    held = [int(hashlib.md5(f"{seed}:{i}".encode()).hexdigest(), 16) % 10_000 < cut for i in data["id"]]
+    held = [in_eval_subset(str(i), fraction) for i in data["id"]]
     train_idx = [k for k, h in enumerate(held) if not h]
     eval_idx = [k for k, h in enumerate(held) if h]
     if not eval_idx or not train_idx:
-        raise ValueError(f"eval_fraction={fraction} leaves an empty train or eval split ({len(data)} rows)")
+        raise ValueError(
+            f"eval_fraction={fraction} leaves an empty train or eval split ({len(data)} rows); data that was "
+            "already split with load_preferences(subset=...) needs eval_fraction 0 (or a larger one)"
+        )
     return data.select(train_idx), data.select(eval_idx)
 
 
