@@ -10,6 +10,9 @@ DATA=${HH_DATA:-../shared/data/hh-rlhf/harmless-base/test.jsonl.gz}
 OUT=outputs/exp-hh/seed$SEED
 PREFIX=(--prefix.template plain --prefix.max_prompt_tokens 192 --prefix.max_response_tokens 64)
 mkdir -p "$OUT"
+: > "$OUT/times.txt"
+# wall time of each stage, for RESULTS.md
+step() { local t=$SECONDS; "$@"; echo "$((SECONDS - t)) s: $*" >> "$OUT/times.txt"; }
 
 python - "$DATA" "$OUT" <<'PY'
 import json, sys
@@ -24,21 +27,25 @@ for part in ("train", "eval"):
 PY
 
 # 1. reference ORM on full train pairs (train.jsonl is already the train side: no inner eval split)
-sp-prm train --config recipes/hh-rlhf/train_orm_minilm.yaml --dataset "$OUT/train.jsonl" --eval_fraction 0 \
+step sp-prm train --config recipes/hh-rlhf/train_orm_minilm.yaml --dataset "$OUT/train.jsonl" --eval_fraction 0 \
     --seed "$SEED" --resume false --output_dir "$OUT/orm" "${PREFIX[@]}"
 # 2. SST (K = 5) partial pairs of the train pairs: weighted by the ORM, and the unweighted ablation data
 #    (same seed, so the same positions; Eq. 2 keeps every pair)
-sp-prm prepare --config recipes/hh-rlhf/prepare_sst_minilm.yaml --source "$OUT/train.jsonl" --seed "$SEED" \
+step sp-prm prepare --config recipes/hh-rlhf/prepare_sst_minilm.yaml --source "$OUT/train.jsonl" --seed "$SEED" \
     --reference_model "$OUT/orm" --output_dir "$OUT/sst-weighted" --overwrite
-sp-prm prepare --config recipes/hh-rlhf/prepare_sst_minilm.yaml --source "$OUT/train.jsonl" --seed "$SEED" \
+step sp-prm prepare --config recipes/hh-rlhf/prepare_sst_minilm.yaml --source "$OUT/train.jsonl" --seed "$SEED" \
     --reference_model null --output_dir "$OUT/sst-unweighted" --overwrite
-# 3. SP-PRM (Eq. 3) and its ablation (Eq. 2) with the same number of optimizer steps
+# 3. SP-PRM (Eq. 3) and its ablation (Eq. 2) with the same number of optimizer steps, both fine-tuned from
+#    the ORM as in the paper (which turns RM-Gemma-2B etc. into PRMs), so the question is what partial-pair
+#    training does to that ORM
 STEPS=$(python -c "from datasets import load_from_disk; import math; print(math.ceil(len(load_from_disk('$OUT/sst-weighted')) * 0.95 / 16))")
-sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-weighted" --loss weighted \
+step sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-weighted" --loss weighted \
+    --model_name_or_path "$OUT/orm" \
     --eval_fraction 0 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/sp-prm"
-sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-unweighted" --loss unweighted \
+step sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-unweighted" --loss unweighted \
+    --model_name_or_path "$OUT/orm" \
     --eval_fraction 0 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/ablation"
 # 4. all three on the held-out pairs, identical prefixes; agreement with the ORM as the reference
-sp-prm evaluate-rm --source "$OUT/eval.jsonl" --subset all --models "[$OUT/orm, $OUT/sp-prm, $OUT/ablation]" \
+step sp-prm evaluate-rm --source "$OUT/eval.jsonl" --subset all --models "[$OUT/orm, $OUT/sp-prm, $OUT/ablation]" \
     --names '[orm, sp-prm, ablation-eq2]' --token_counts '[1, 5, 10, 20, 30, 50]' \
     --fractions '[0.25, 0.5, 0.75, 1.0]' --output_dir "$OUT/eval" "${PREFIX[@]}"

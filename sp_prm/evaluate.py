@@ -12,10 +12,16 @@ For held-out preference pairs ``(x, y_w, y_l)`` and each reward model, on identi
 * with a reference RM: agreement AR_RM-REF = share of prefix pairs both models order the same way
   (``r(y_w) > r(y_l)`` as a boolean, XNOR), the paper's AR_RM-HP with the reference standing in
   for human judgement;
-* the mean reward gap ``r(y_w) - r(y_l)`` and its mean absolute value (the paper's Delta_r).
+* the mean reward gap ``r(y_w) - r(y_l)`` and its mean absolute value (the paper's Delta_r);
+* with two or more models: each model's accuracy minus the baseline's (the first model unless
+  ``baseline`` names another) with a **paired** bootstrap 95% interval. The models are scored on
+  the same pairs, so the difference's noise is far smaller than two independent intervals suggest:
+  resampling pairs (not models) keeps that pairing.
 
 Accuracies come with a 95% normal-approximation interval (1.96 * sqrt(p(1-p)/n)). Output:
-``results.json``, ``results.md`` and ``curves.png`` (one line per model), written atomically.
+``results.json``, ``results.md``, ``curves.png`` (one line per model) and ``rewards.pt`` (every
+model's reward of every chosen/rejected prefix, ``[pairs, cuts]``, for further analysis), written
+atomically.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -70,6 +77,11 @@ class EvaluateConfig:
     dtype: str = field(default="float32", metadata={"help": "Model dtype."})
     device: str | None = field(default=None, metadata={"help": "cpu / cuda (default: cuda if available)."})
     batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per forward pass."})
+    baseline: str | None = field(
+        default=None, metadata={"help": "Name of the model the others are compared with (default: the first)."}
+    )
+    bootstrap_samples: int = field(default=2000, metadata={"help": "Resamples of the paired bootstrap."})
+    seed: int = field(default=0, metadata={"help": "Seed of the paired bootstrap."})
     output_dir: str = field(default="outputs/eval-rm", metadata={"help": "Where results are written."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
 
@@ -86,6 +98,8 @@ class EvaluateConfig:
             raise ValueError(f"token_counts must be >= 1, got {self.token_counts}")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if self.bootstrap_samples < 1:
+            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
 
 
 def cut_labels(config: EvaluateConfig) -> list[str]:
@@ -117,6 +131,25 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ref: tuple[torch.
     return out
 
 
+def paired_difference(
+    wins: np.ndarray, base_wins: np.ndarray, samples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Accuracy difference of two models on the same pairs, with a paired bootstrap 95% interval.
+
+    ``wins`` / ``base_wins``: ``[n]`` booleans, pair ``i`` ranked right by each model. Every
+    resample draws ``n`` pair indices with replacement and takes both models' wins on them.
+    """
+    wins, base_wins = np.asarray(wins, dtype=np.float64), np.asarray(base_wins, dtype=np.float64)
+    if wins.shape != base_wins.shape or wins.ndim != 1:
+        raise ValueError(f"paired_difference needs two [n] arrays, got {wins.shape} and {base_wins.shape}")
+    d = wins - base_wins
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(samples, len(d)))
+    boot = d[idx].mean(1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return {"diff": float(d.mean()), "ci_low": float(low), "ci_high": float(high),
+            "only_model_right": int((d > 0).sum()), "only_baseline_right": int((d < 0).sum())}
+
+
 def _plot(results: dict[str, Any], config: EvaluateConfig, path: Path) -> None:
     import matplotlib
 
@@ -144,7 +177,7 @@ def _plot(results: dict[str, Any], config: EvaluateConfig, path: Path) -> None:
     plt.close(fig)
 
 
-def _markdown(results: dict[str, Any], labels: list[str], n: int, has_ref: bool) -> str:
+def _markdown(results: dict[str, Any], labels: list[str], n: int, has_ref: bool, baseline: str | None = None) -> str:
     names = list(results)
     lines = [f"# Reward-model evaluation ({n} held-out pairs)", "", "## Accuracy (95% CI)", "",
              "| cut | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -162,6 +195,16 @@ def _markdown(results: dict[str, Any], labels: list[str], n: int, has_ref: bool)
     for label in labels:
         cells = [f"{results[m][label]['mean_gap']:.3f} ({results[m][label]['mean_abs_gap']:.3f})" for m in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    others = [m for m in names if m != baseline and "vs_baseline" in results[m][labels[0]]]
+    if baseline is not None and others:
+        lines += ["", f"## Accuracy minus {baseline}'s, same pairs (paired bootstrap 95% CI)", "",
+                  "| cut | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for label in labels:
+            cells = []
+            for m in others:
+                v = results[m][label]["vs_baseline"]
+                cells.append(f"{v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,14 +262,29 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             label: pair_metrics(chosen[:, j], rejected[:, j], (ref[0][:, j], ref[1][:, j]) if ref else None)
             for j, label in enumerate(labels)
         }
+    baseline = config.baseline or names[0]
+    if baseline not in scores:
+        raise ValueError(f"baseline {baseline!r} is not one of the evaluated models {list(scores)}")
+    if len(scores) > 1:
+        base_wins = (scores[baseline][0] > scores[baseline][1]).numpy()
+        for name, (chosen, rejected) in scores.items():
+            if name == baseline:
+                continue
+            wins = (chosen > rejected).numpy()
+            for j, label in enumerate(labels):
+                results[name][label]["vs_baseline"] = paired_difference(
+                    wins[:, j], base_wins[:, j], config.bootstrap_samples, config.seed)
     out = {"config": asdict(config), "n_pairs": len(sides) // 2, "skipped_pairs": skipped,
-           "loader": report.to_dict(), "results": results}
+           "loader": report.to_dict(), "baseline": baseline if len(scores) > 1 else None, "results": results}
 
     target = Path(config.output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     (tmp / "results.json").write_text(json.dumps(out, indent=2))
-    (tmp / "results.md").write_text(_markdown(results, labels, out["n_pairs"], ref is not None))
+    (tmp / "results.md").write_text(
+        _markdown(results, labels, out["n_pairs"], ref is not None, out["baseline"]))
+    torch.save({"labels": labels, "rewards": {k: {"chosen": c, "rejected": r} for k, (c, r) in scores.items()}},
+               tmp / "rewards.pt")
     _plot(results, config, tmp / "curves.png")
     if target.exists():
         shutil.rmtree(target)

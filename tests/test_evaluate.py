@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from data_prep.loaders import load_preferences
-from sp_prm.evaluate import EvaluateConfig, cut_positions, evaluate, pair_metrics
+from sp_prm.evaluate import EvaluateConfig, cut_positions, evaluate, pair_metrics, paired_difference
 from sp_prm.formatting import EncodedResponse, PrefixFormat, encode
 from sp_prm.models import load_reward_model, load_tokenizer
 
@@ -21,6 +22,27 @@ def test_pair_metrics_by_hand():
     assert m["mean_gap"] == pytest.approx(0.5) and m["mean_abs_gap"] == pytest.approx(1.0)
     assert m["agreement_with_reference"] == 0.75  # orders T,F,T,F vs reference T,F,T,T
     assert m["ci95"] == pytest.approx(1.96 * (0.25 / 4) ** 0.5)
+
+
+def test_paired_difference_by_hand_and_against_a_naive_bootstrap():
+    wins = np.array([1, 1, 0, 1, 0, 1, 1, 0], dtype=bool)
+    base = np.array([1, 0, 0, 1, 1, 0, 1, 0], dtype=bool)
+    d = paired_difference(wins, base, samples=500, seed=3)
+    # by hand: model right alone on pairs 1 and 5, baseline alone on pair 4 -> (2 - 1) / 8
+    assert d["diff"] == pytest.approx(1 / 8)
+    assert (d["only_model_right"], d["only_baseline_right"]) == (2, 1)
+    # naive reference: one resample at a time, the same draws, percentile interval
+    rng = np.random.default_rng(3)
+    draws = rng.integers(0, 8, size=(500, 8))
+    boot = sorted(float(np.mean([float(wins[i]) - float(base[i]) for i in row])) for row in draws)
+    assert d["ci_low"] == pytest.approx(np.quantile(boot, 0.025))
+    assert d["ci_high"] == pytest.approx(np.quantile(boot, 0.975))
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    # a model compared with itself differs by exactly zero in every resample
+    same = paired_difference(wins, wins)
+    assert (same["diff"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="two"):
+        paired_difference(wins, base[:3])
 
 
 def test_cut_positions_by_hand():
@@ -55,7 +77,16 @@ def test_end_to_end_two_models_and_reference(tmp_path, tiny_llama_rm_dir, tiny_b
     assert out["n_pairs"] == len(pairs)
     assert res["llama"]["t=5"]["accuracy"] == pytest.approx(sum(wins) / len(wins))
     files = {p.name for p in (tmp_path / "eval").iterdir()}
-    assert files == {"results.json", "results.md", "curves.png"}
+    assert files == {"results.json", "results.md", "curves.png", "rewards.pt"}
+    # paired comparison with the baseline (the first model): bert's wins minus llama's, pair by pair
+    saved = torch.load(tmp_path / "eval" / "rewards.pt")
+    j = saved["labels"].index("t=5")
+    r = saved["rewards"]
+    bert_wins = (r["bert"]["chosen"][:, j] > r["bert"]["rejected"][:, j]).float()
+    assert res["bert"]["t=5"]["vs_baseline"]["diff"] == pytest.approx(float(bert_wins.mean()) - sum(wins) / len(wins), abs=1e-6)
+    assert "vs_baseline" not in res["llama"]["t=5"]
+    assert res["reference"]["t=5"]["vs_baseline"]["diff"] == 0.0  # the reference is llama itself
+    assert "Accuracy minus llama's" in (tmp_path / "eval" / "results.md").read_text()
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["n_pairs"] == out["n_pairs"]
     assert "| t=5 |" in (tmp_path / "eval" / "results.md").read_text()
 
@@ -67,6 +98,8 @@ def test_bad_config():
         EvaluateConfig(models=["a", "b"], names=["x"])
     with pytest.raises(ValueError, match="fractions"):
         EvaluateConfig(models=["a"], fractions=[0.0])
+    with pytest.raises(ValueError, match="bootstrap_samples"):
+        EvaluateConfig(models=["a"], bootstrap_samples=0)
 
 
 def test_trained_prefix_format_is_enforced(tmp_path, tiny_llama_rm, smollm_tokenizer):
