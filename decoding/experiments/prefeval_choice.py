@@ -201,6 +201,7 @@ def score_items(policy: Any, items: list[dict[str, Any]], cfg: PrefEvalChoiceCon
 
 def run(cfg: PrefEvalChoiceConfig, policy: Any = None) -> Path:
     set_threads(cfg.threads)
+    items = load_items(cfg.data_dir, cfg.topics, cfg.seed, cfg.limit)  # fails before anything is written
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "records.jsonl"
@@ -215,7 +216,6 @@ def run(cfg: PrefEvalChoiceConfig, policy: Any = None) -> Path:
             raise ValueError(f"{out} holds a run with different {diff}; choose another output_dir")
     atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
     done = {r["id"] for r in existing}
-    items = load_items(cfg.data_dir, cfg.topics, cfg.seed, cfg.limit)
     todo = [(i, it) for i, it in enumerate(items) if it["id"] not in done]
     if not todo:
         return path

@@ -212,13 +212,13 @@ def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> 
     from decoding.scorers import GenRMScorer, RearScorer
 
     set_threads(cfg.threads)
+    records = [r for r in select_prompts(cfg) if r["split"] in cfg.splits]  # fails before anything is written
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_output(cfg, out)
     path = out / "records.jsonl"
     done = {r["id"] for r in read_records(path)}
     data_cfg = DataConfig(preference_as=cfg.preference_as)
-    records = [r for r in select_prompts(cfg) if r["split"] in cfg.splits]
     prompts = [to_prompt(r, i, data_cfg) for i, r in enumerate(records)]
     todo = [(r, p) for r, p in zip(records, prompts) if r["id"] not in done]
     if not todo:
