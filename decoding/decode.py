@@ -70,6 +70,9 @@ class ScorerConfig:
 
     name: str = field(default="rear", metadata={"help": "rear | genrm | rm:<path or builtin: name>."})
     lam: float = field(default=20.0, metadata={"help": "REAR lambda (>= 0); 1 = the policy's log-likelihood."})
+    length_normalize: bool = field(
+        default=False, metadata={"help": "REAR: divide the score by the response's token count (not the paper's "
+                                          "default; counters the sum's preference for short answers)."})
     aggregation: str | None = field(
         default=None, metadata={"help": f"Step-score aggregation {AGGREGATIONS}; null: the scorer's default."}
     )
@@ -212,7 +215,7 @@ def build_scorer(cfg: DecodeConfig, policy: Policy, meter: Meter) -> Any:
     sc = cfg.scorer
     if sc.name == "rear":
         return RearScorer(policy, sc.lam, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
-                          max_batch_size=sc.max_batch_size, meter=meter)
+                          max_batch_size=sc.max_batch_size, meter=meter, length_normalize=sc.length_normalize)
     if sc.name == "genrm":
         return GenRMScorer(policy, max_batch_tokens=sc.max_batch_tokens, max_batch_size=sc.max_batch_size,
                            meter=meter)

@@ -14,7 +14,10 @@
   is the episode's last action). The full-context term reuses the sampling
   log-probs carried by the ``Partial``; the question-only term is an incremental
   forward over a second, ``PrefixCache``-managed cache. ``lambda = 1`` is the
-  policy's own log-likelihood.
+  policy's own log-likelihood. ``length_normalize=True`` (an option, not the
+  paper's default) divides S by the number of summed tokens (response + stop
+  token); the score is then no longer a sum of step increments, so the scorer
+  reports ``additive = False`` and aggregates by ``last``.
 * :class:`GenRMScorer` -- the REAR paper's appendix C judge: the conversation
   (system: preference, user: question, assistant: response) is followed by a
   user turn asking "Is this a preferred response? ..." and an assistant turn
@@ -131,6 +134,7 @@ class RearScorer:
         reuse_generation_logprobs: take the full-context term from ``Partial.logprobs`` when
             present (they come from the same model and context while sampling).
         cache: keep the teacher-forced cache across calls (``False``: recompute; for checks).
+        length_normalize: score S / (number of summed tokens) instead of S (default: the paper's sum).
     """
 
     additive = True
@@ -145,11 +149,16 @@ class RearScorer:
         max_batch_tokens: int = 16384,
         max_batch_size: int = 64,
         meter: Meter | None = None,
+        length_normalize: bool = False,
     ) -> None:
         if lam < 0:
             raise ValueError(f"REAR lambda must be >= 0, got {lam}")
         self.policy = policy
         self.lam = float(lam)
+        self.length_normalize = bool(length_normalize)
+        if self.length_normalize:  # S / len is not a sum of per-step increments
+            self.additive = False
+            self.default_aggregation = "last"
         self.reuse = reuse_generation_logprobs
         self.meter = meter or policy.meter
         self.cache = PrefixCache(
@@ -207,7 +216,10 @@ class RearScorer:
             return torch.empty(0)
         self.meter.add("scorer_calls", sorted({p.index for p in prompts}))
         q, f = self.terms(prompts, partials)
-        return (1.0 - self.lam) * q + self.lam * f
+        s = (1.0 - self.lam) * q + self.lam * f
+        if self.length_normalize:
+            s = s / torch.tensor([max(1, len(r.token_ids) + len(r.end_ids)) for r in partials], dtype=s.dtype)
+        return s
 
 
 GENRM_JUDGE = (

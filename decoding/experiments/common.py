@@ -1,0 +1,159 @@
+"""Shared plumbing of the experiment recipes: data paths, resumable jsonl, atomic writes, CI tables, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decoding.metrics.stats import summarize
+from decoding.types import Meter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def resolve_data(path: str, what: str) -> Path:
+    """A data path as given (absolute, or relative to the working directory), else relative to the repo root.
+
+    Raises ``FileNotFoundError`` naming the option when neither exists (a user's clone
+    has no ``../shared/data``: point the option at a local copy).
+    """
+    p = Path(path).expanduser()
+    for candidate in ([p] if p.is_absolute() else [p, REPO / p]):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(
+        f"{what}: {path!r} not found (tried it relative to {Path.cwd()} and to the repo root {REPO}); "
+        "the experiments read real data from ../shared/data next to the repo -- pass the path explicitly"
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_savefig(fig: Any, path: Path, **kwargs: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a jsonl written by a (possibly killed) run; a torn last line is dropped and the file repaired."""
+    if not path.exists():
+        return []
+    good, torn = [], False
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            good.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn = True
+    if torn:
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in good))
+    return good
+
+
+def append_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append whole lines and flush them to disk (a kill mid-write leaves at most one torn line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Stopwatch:
+    """Wall seconds and compute counters of one method over a run."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def time(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def use_meter(meter: Meter, *objects: Any) -> Meter:
+    """Point a policy and scorers (and their prefix caches) at ``meter`` so one method's compute is counted alone."""
+    for obj in objects:
+        if obj is None:
+            continue
+        obj.meter = meter
+        for attr in ("cache", "prefix_cache"):
+            inner = getattr(obj, attr, None)
+            if inner is not None and hasattr(inner, "meter"):
+                inner.meter = meter
+    return meter
+
+
+def meter_totals(meter: Meter, groups: Sequence[int]) -> list[dict[str, int]]:
+    return [meter.for_group(g) for g in groups]
+
+
+def lam_label(lam: float) -> str:
+    if math.isinf(lam):
+        return "inf"
+    return f"{lam:g}"
+
+
+def stat(values: Sequence[float | None], resamples: int, seed: int = 0) -> dict[str, Any]:
+    """Mean with a seeded percentile-bootstrap 95% CI over prompts (``decoding.metrics.stats.summarize``)."""
+    return summarize(list(values), resamples=resamples, seed=seed)
+
+
+def fmt(s: dict[str, Any] | None, percent: bool = False, digits: int = 3) -> str:
+    """``mean [low, high]``; percentages with one decimal."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    if percent:
+        return f"{100 * s['mean']:.1f} [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]"
+    return f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def symlog_positions(lams: Sequence[float]) -> tuple[list[float], list[str]]:
+    """x positions for a lambda axis that holds 0 and inf: log-like spacing, inf one step past the largest."""
+    finite = [lam for lam in lams if not math.isinf(lam)]
+    top = max(finite, default=1.0)
+    xs = [math.log10(1 + (top * 2 if math.isinf(lam) else lam)) for lam in lams]
+    return xs, [lam_label(lam) for lam in lams]
