@@ -39,8 +39,10 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     if not isinstance(values, dict):
         raise TypeError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    aliases: dict[str, str] = getattr(cls, "key_aliases", lambda: {})()
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        key = aliases.get(key, key)
         if key not in fields:
             raise KeyError(
                 f"unknown config key {where + key!r} for {cls.__name__}; known keys: {sorted(fields)}"

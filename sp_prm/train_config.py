@@ -57,6 +57,28 @@ def _coerce_yaml(config: Any) -> None:
                 break
 
 
+# (old name, new name) of TrainingArguments fields renamed within the supported transformers range.
+RENAMED_FIELDS = (
+    ("gradient_checkpointing", "activation_checkpointing"),
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+)
+
+
+def renamed_keys(field_names: set[str]) -> dict[str, str]:
+    """Map each renamed recipe key to the name the installed ``TrainingArguments`` has.
+
+    transformers 5.20 renamed ``gradient_checkpointing`` to ``activation_checkpointing``, while the
+    vLLM extra pins ``transformers<5.20``: recipes may use either name and run on both releases.
+    """
+    out = {}
+    for old, new in RENAMED_FIELDS:
+        if new in field_names:
+            out[old] = new
+        elif old in field_names:
+            out[new] = old
+    return out
+
+
 @dataclass
 class SPPRMConfig(TrainingArguments):
     """Train a reward model: SP-PRM on partial pairs (weighted Eq. 3 / unweighted Eq. 2) or an ORM on full pairs."""
@@ -147,6 +169,11 @@ class SPPRMConfig(TrainingArguments):
     save_strategy: str = field(default="epoch", metadata={"help": "no, steps or epoch."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (the paper trains one)."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule (paper: linear)."})
+
+    @staticmethod
+    def key_aliases() -> dict[str, str]:
+        """Recipe keys renamed between supported transformers releases -> the installed release's name."""
+        return renamed_keys({f.name for f in dataclasses.fields(TrainingArguments)})
 
     def __post_init__(self) -> None:
         _coerce_yaml(self)

@@ -70,3 +70,25 @@ def test_accelerate_config_parses(path):
         assert config.distributed_type.value == "MULTI_GPU"
     elif path.name == "single.yaml":
         assert config.distributed_type.value == "NO" and config.num_processes == 1
+
+
+def test_checkpointing_key_under_either_transformers_name(tmp_path):
+    """transformers 5.20 renamed gradient_checkpointing -> activation_checkpointing; the vLLM extra pins <5.20."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from sp_prm.train_config import renamed_keys
+
+    new_release = {"activation_checkpointing", "activation_checkpointing_kwargs", "learning_rate"}
+    old_release = {"gradient_checkpointing", "gradient_checkpointing_kwargs", "learning_rate"}
+    assert renamed_keys(new_release) == {"gradient_checkpointing": "activation_checkpointing",
+                                         "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+    assert renamed_keys(old_release) == {"activation_checkpointing": "gradient_checkpointing",
+                                         "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
+    installed = {f.name for f in dataclasses.fields(TrainingArguments)}
+    attr = "activation_checkpointing" if "activation_checkpointing" in installed else "gradient_checkpointing"
+    for key in ("gradient_checkpointing", "activation_checkpointing"):
+        recipe = tmp_path / f"{key}.yaml"
+        recipe.write_text(yaml.safe_dump({key: True, "use_cpu": True, "output_dir": str(tmp_path / "o")}))
+        assert getattr(load_config(SPPRMConfig, ["--config", str(recipe)]), attr) is True
