@@ -106,7 +106,9 @@ class PrefixCache:
         self.kept = []
 
     @torch.no_grad()
-    def values(self, seqs: Sequence[Sequence[int]], groups: Sequence[int] | None = None) -> list[torch.Tensor]:
+    def values(
+        self, seqs: Sequence[Sequence[int]], groups: Sequence[int] | None = None, starts: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
         """Per-position values (fp32, CPU) of every sequence; see the module docstring."""
         seqs = [list(s) for s in seqs]
         groups = list(range(len(seqs))) if groups is None else list(groups)
