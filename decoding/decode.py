@@ -4,6 +4,12 @@
     sp-prm decode --config recipes/decode/dvts_rear_smollm2.yaml --scorer.lam 10 --output out.jsonl
     sp-prm decode --scorer.name rm:path/to/prm --search.method dvts --data.path prompts.jsonl
     sp-prm decode --config recipes/decode/args_rear_smollm2.yaml     # ARGS-greedy; also cbs_*, cards_* recipes
+    sp-prm decode --config recipes/decode/bon_rear_smollm2_vllm.yaml [--policy.vllm.url http://host:8000]
+
+Backends (``policy.backend``): ``hf`` runs every search and scorer; ``vllm`` (in-process
+``vllm.LLM`` or a server URL) runs best_of_n, dvts and cbs with the rear and rm: scorers.
+ARGS and CARDS need the next-token distribution at every token and GenRM the one after its
+judge prompt, which an engine does not expose: asking the vllm backend for them is a config error.
 
 Output record (one JSON object per line, in input order within a run)::
 

@@ -172,6 +172,10 @@ class LocalEngine:
             ))
         return results
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached block (benchmarks: measure from a cold cache)."""
+        self.llm.reset_prefix_cache()
+
     def close(self) -> None:
         """Stop the engine-core subprocess now (it otherwise stops when the interpreter exits)."""
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
