@@ -98,6 +98,15 @@ def test_bon_exactly_n_and_seeded_rerun(policy, hf):
     assert comp["policy_tokens_cached"] > 0  # the second run (and the shared prompt) hit the prefix cache
 
 
+def test_eos_ends_a_response_with_its_logprob(policy, hf):
+    q = "What is the capital of France?"
+    p = Prompt("paris", [{"role": "user", "content": q}], [{"role": "user", "content": q}], q, None, 0)
+    c = best_of_n(policy, RearScorer(policy, 1.0), [p], 1, SamplingParams(temperature=0.0), 40)[0].candidates[0]
+    assert c.eos and c.end_ids == [policy.tokenizer.eos_token_id] and "Paris" in policy.decode(c.token_ids)
+    ref = hf.sequence_logprobs(hf.encode(p.messages), c.token_ids + c.end_ids)
+    assert torch.allclose(torch.tensor(c.logprobs + c.end_logprobs), ref, atol=1e-3)
+
+
 def test_rear_same_scores_on_both_backends(policy, hf):
     ps = prompts(2)
     res = best_of_n(policy, RearScorer(policy, 1.0), ps, 3, SamplingParams(), 20, seed=5)
