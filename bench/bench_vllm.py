@@ -50,9 +50,26 @@ class ZeroScorer:
         return torch.zeros(len(partials))
 
 
-def make_prompts(k: int) -> list[Prompt]:
-    return [Prompt(f"q{i}", [{"role": "system", "content": PREFERENCE}, {"role": "user", "content": q}],
-                   [{"role": "user", "content": q}], q, PREFERENCE, i) for i, q in enumerate(QUESTIONS[:k])]
+# A long shared context (a post to summarize, as in TL;DR): REAR's question-only context then has a
+# long prefix shared by all candidates of a prompt, which is what prefix caching saves.
+POST = ("I moved to a new city six months ago for work. The job is fine, but I have not made any friends "
+        "yet. My coworkers are friendly during the day, but they all have families and leave right at five. "
+        "I tried a climbing gym, a book club and a running group. At the gym people come in pairs and keep "
+        "to themselves; the book club met twice and then stopped; the running group is fast and nobody "
+        "talks during the run. On weekends I mostly stay home, call my old friends and watch shows. I am "
+        "starting to wonder if the move was a mistake, even though the money is better and the work is more "
+        "interesting than at my old job. My lease ends in three months and I have to decide whether to renew "
+        "it. Part of me wants to go back, part of me thinks I have not given it enough time. ")
+
+
+def make_prompts(k: int, long_context: bool = False) -> list[Prompt]:
+    out = []
+    for i, q in enumerate(QUESTIONS[:k]):
+        if long_context:
+            q = f"{POST * 2}\nSummarize my situation and tell me what to do. (Post {i}.)"
+        out.append(Prompt(f"q{i}", [{"role": "system", "content": PREFERENCE}, {"role": "user", "content": q}],
+                          [{"role": "user", "content": q}], q, PREFERENCE, i))
+    return out
 
 
 def timed_bon(policy, prompts, n, tokens, seed):
@@ -72,6 +89,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--long-context", action="store_true", help="a ~400-token post in every question")
+    ap.add_argument("--hf-threads", type=int, default=1,
+                    help="torch threads of the HF backend (1: vLLM's CPU engine binds one core too)")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -81,31 +101,35 @@ def main() -> None:
 
     path = resolve(args.model)
     tok = load_tokenizer(args.model)
-    prompts = make_prompts(args.prompts)
+    prompts = make_prompts(args.prompts, args.long_context)
     print(f"model {args.model} ({args.dtype}); {args.prompts} prompts x BoN-{args.n} x {args.tokens} tokens; "
-          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+          f"{'long' if args.long_context else 'short'} prompts ({len(tok(prompts[0].question)['input_ids'])} question "
+          f"tokens); HF torch threads {args.hf_threads}, cpus {os.cpu_count()}")
+
+    # HF first, before the engine exists: vLLM's engine core keeps one core busy while it is up.
+    best = {"vllm": (0.0, 0, 0.0), "hf": (0.0, 0, 0.0)}
+    torch.set_num_threads(args.hf_threads)
+    hf = Policy(AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)), tok)
+    hf.delimiter_mask()
+    timed_bon(hf, prompts[:1], 2, 4, seed=99)  # warm-up
+    for r in range(args.repeats):
+        _, toks, dt = timed_bon(hf, prompts, args.n, args.tokens, seed=r)
+        if toks / dt > best["hf"][0]:
+            best["hf"] = (toks / dt, toks, dt)
+    del hf
 
     t0 = time.perf_counter()
     engine = LocalEngine(path, dtype=args.dtype, enforce_eager=args.eager, max_model_len=2048,
                          engine_args={"block_size": 32} if not torch.cuda.is_available() else None)
     print(f"vllm start-up ({'eager' if args.eager else 'compiled'}): {time.perf_counter() - t0:.1f} s")
     vpol = VllmPolicy(engine, tok)
-    hf = Policy(AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)), tok)
-    hf.delimiter_mask()
-
     timed_bon(vpol, prompts[:1], 2, 4, seed=99)  # warm-up (first-request overheads)
-    timed_bon(hf, prompts[:1], 2, 4, seed=99)
-    best = {"vllm": (0.0, 0, 0.0), "hf": (0.0, 0, 0.0)}
     results = None
     for r in range(args.repeats):
-        for name, pol in (("vllm", vpol), ("hf", hf)):
-            if name == "vllm":
-                engine.reset_prefix_cache()  # each repeat from a cold cache
-            res, toks, dt = timed_bon(pol, prompts, args.n, args.tokens, seed=r)
-            if name == "vllm":
-                results = res
-            if toks / dt > best[name][0]:
-                best[name] = (toks / dt, toks, dt)
+        engine.reset_prefix_cache()  # each repeat from a cold cache
+        results, toks, dt = timed_bon(vpol, prompts, args.n, args.tokens, seed=r)
+        if toks / dt > best["vllm"][0]:
+            best["vllm"] = (toks / dt, toks, dt)
     for name in ("vllm", "hf"):
         rate, toks, dt = best[name]
         print(f"BoN-{args.n} {name:>4}: {toks} tokens in {dt:.2f} s = {rate:.1f} tok/s (best of {args.repeats})")
