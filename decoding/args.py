@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
+from decoding.backend import require_token_level
 from decoding.core import Candidate, SearchResult
 from decoding.policy import Policy, PolicyState
 from decoding.scorers import Scorer
@@ -114,6 +115,7 @@ def args_decode(
     and ``Candidate.score`` aggregates them (``last`` for an RM: the reward of the final response).
     Sampling mode draws token ``t`` of a prompt with ``candidate_seed(seed, prompt.id, 0, t, 0)``.
     """
+    require_token_level(policy, "args")
     check_vocab_k(policy, k, "args k")
     if max_new_tokens < 1:
         raise ValueError(f"args: max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from decoding.backend import PolicyBackend
 from decoding.core import Candidate, SearchResult, argmax, expand, score
-from decoding.policy import Policy, SamplingParams
+from decoding.policy import SamplingParams
 from decoding.scorers import Scorer
 from decoding.types import Prompt
 
@@ -50,7 +51,7 @@ def rank_top(scores: Sequence[float], w: int) -> list[int]:
 
 
 def chunk_beam_search(
-    policy: Policy,
+    policy: PolicyBackend,
     scorer: Scorer,
     prompts: Sequence[Prompt],
     beam_width: int,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from decoding.backend import PolicyBackend
 from decoding.core import Candidate, SearchResult, argmax, expand, score
-from decoding.policy import Policy, SamplingParams
+from decoding.policy import SamplingParams
 from decoding.scorers import Scorer
 from decoding.types import Prompt
 
 
 def best_of_n(
-    policy: Policy,
+    policy: PolicyBackend,
     scorer: Scorer,
     prompts: Sequence[Prompt],
     n: int,

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from decoding.backend import require_token_level
 from decoding.core import Candidate, SearchResult
 from decoding.policy import Policy, PolicyState, SamplingParams, choose_tokens
 from decoding.scorers import Scorer
@@ -148,6 +149,7 @@ def cards(
     aggregation: str | None = None,
 ) -> list[SearchResult]:
     """CARDS over a batch of prompts; one response per prompt. See the module docstring."""
+    require_token_level(policy, "cards")
     if max_new_tokens < 1:
         raise ValueError(f"cards: max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompts:

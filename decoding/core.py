@@ -1,7 +1,8 @@
 """The expand-score-select core every search shares.
 
-A search holds a ``PolicyState`` (one row per live candidate, over all prompts of
-the batch) and a parallel list of :class:`Candidate`. One step is:
+A search holds the policy's state (one row per live candidate, over all prompts of
+the batch: a KV cache on the HF backend, token ids on the vLLM one; see
+``decoding.backend``) and a parallel list of :class:`Candidate`. One step is:
 
 1. ``expand``: fork each row into ``width`` children (``state.select``, no
    recomputation), sample one step for all of them in one batched decode;
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoding.policy import Policy, PolicyState, SamplingParams
+from decoding.backend import PolicyBackend, SearchState
+from decoding.policy import SamplingParams
 from decoding.scorers import Scorer
 from decoding.types import Partial, Prompt, aggregate, candidate_seed
 
@@ -53,14 +55,14 @@ class Candidate:
         return Candidate(self.prompt, self.subtree, list(self.token_ids), list(self.logprobs), [], [],
                          list(self.step_ends), list(self.prefix_scores), list(self.step_scores))
 
-    def partial(self, policy: Policy) -> Partial:
+    def partial(self, policy: PolicyBackend) -> Partial:
         return Partial(policy.decode(self.token_ids), list(self.token_ids), self.eos, list(self.end_ids),
                        self.logprobs + self.end_logprobs)
 
 
 def expand(
-    policy: Policy,
-    state: PolicyState,
+    policy: PolicyBackend,
+    state: SearchState,
     parents: Sequence[Candidate],
     prompts: Sequence[Prompt],
     width: int,
@@ -70,7 +72,7 @@ def expand(
     max_tokens: Sequence[int],
     stop_at_delimiter: bool,
     feed_final: bool = True,
-) -> tuple[PolicyState, list[Candidate]]:
+) -> tuple[SearchState, list[Candidate]]:
     """Fork every parent row into ``width`` children and sample one step for all of them at once.
 
     ``max_tokens[i]`` is parent ``i``'s budget for this step. Children of parent ``i``
@@ -93,7 +95,7 @@ def expand(
 
 
 def score(
-    scorer: Scorer, policy: Policy, prompts: Sequence[Prompt], candidates: Sequence[Candidate], aggregation: str
+    scorer: Scorer, policy: PolicyBackend, prompts: Sequence[Prompt], candidates: Sequence[Candidate], aggregation: str
 ) -> torch.Tensor:
     """Score every candidate in one scorer call; records prefix and step scores and the aggregate."""
     if not candidates:

@@ -4,6 +4,12 @@
     sp-prm decode --config recipes/decode/dvts_rear_smollm2.yaml --scorer.lam 10 --output out.jsonl
     sp-prm decode --scorer.name rm:path/to/prm --search.method dvts --data.path prompts.jsonl
     sp-prm decode --config recipes/decode/args_rear_smollm2.yaml     # ARGS-greedy; also cbs_*, cards_* recipes
+    sp-prm decode --config recipes/decode/bon_rear_smollm2_vllm.yaml [--policy.vllm.url http://host:8000]
+
+Backends (``policy.backend``): ``hf`` runs every search and scorer; ``vllm`` (in-process
+``vllm.LLM`` or a server URL) runs best_of_n, dvts and cbs with the rear and rm: scorers.
+ARGS and CARDS need the next-token distribution at every token and GenRM the one after its
+judge prompt, which an engine does not expose: asking the vllm backend for them is a config error.
 
 Output record (one JSON object per line, in input order within a run)::
 
@@ -18,12 +24,15 @@ Output record (one JSON object per line, in input order within a run)::
     n           int    number of candidates (search.n; args, cards: 1; cbs: the final beams, search.beam_width)
     candidates  list   [{response, score, complete}] for all n (only with save_candidates)
     search      str    method; scorer: str scorer name
-    compute     {policy_tokens_generated, policy_tokens_prefilled, scorer_tokens, scorer_calls, seconds}
+    compute     {policy_tokens_generated, policy_tokens_prefilled, scorer_tokens, scorer_calls,
+                 policy_tokens_cached, scorer_tokens_cached, seconds}
 
 ``compute`` counts tokens exactly per prompt (sampled tokens of every candidate,
 including discarded DVTS branches; prompt and teacher-forced tokens through the
 policy; tokens through the scorer's model); ``seconds`` is the batch's wall time
-split evenly over its prompts. A killed run resumes: records whose id is already
+split evenly over its prompts. On the vllm backend the counts are the engine's:
+prompt tokens it computed (``*_prefilled``, ``scorer_tokens``) and served from its
+prefix cache (``*_cached``; 0 on hf). A killed run resumes: records whose id is already
 in ``output`` are skipped.
 """
 
@@ -40,6 +49,7 @@ from typing import Any
 import torch
 
 from decoding.args import ARGS_MODES, args_decode
+from decoding.backend import require_token_level
 from decoding.beam_search import check_beam_args, chunk_beam_search
 from decoding.best_of_n import best_of_n
 from decoding.cards import CardsParams, calibrate_thresholds, cards
@@ -54,6 +64,32 @@ from sp_prm.formatting import PrefixFormat
 METHODS = ("best_of_n", "dvts", "args", "cbs", "cards")
 
 
+BACKENDS = ("hf", "vllm")
+# Searches that read the next-token distribution at every token: HF backend only.
+TOKEN_LEVEL_METHODS = ("args", "cards")
+
+
+@dataclass
+class VllmConfig:
+    """The vllm policy backend: vllm.LLM in this process, or a running OpenAI-compatible server (url)."""
+
+    url: str | None = field(default=None, metadata={"help": "A `vllm serve` (or SGLang) base URL, e.g. "
+                                                        "http://10.0.0.5:8000; null: vllm.LLM in this process."})
+    served_model: str | None = field(default=None, metadata={
+        "help": "Server mode: the served model name; null: the only model the server lists."})
+    enforce_eager: bool = field(default=False, metadata={
+        "help": "In-process: skip graph compilation (faster start-up, slower sampling)."})
+    enable_prefix_caching: bool = field(default=True, metadata={"help": "In-process: reuse shared prefixes' KV."})
+    max_model_len: int | None = field(default=4096, metadata={"help": "In-process: context length of the engine."})
+    engine_args: dict = field(default_factory=dict, metadata={
+        "help": "In-process: more vllm.LLM arguments (tensor_parallel_size, gpu_memory_utilization, ...)."})
+    timeout: float = field(default=600.0, metadata={"help": "Server mode: seconds per request."})
+    retries: int = field(default=3, metadata={"help": "Server mode: attempts per request on connection errors."})
+    workers: int = field(default=64, metadata={"help": "Server mode: concurrent requests."})
+    check_tokenizer: bool = field(default=True, metadata={
+        "help": "Refuse an engine whose tokenizer disagrees with policy.model's."})
+
+
 @dataclass
 class PolicyConfig:
     """The sampling model."""
@@ -62,6 +98,16 @@ class PolicyConfig:
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; null: cuda when available."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+    backend: str = field(default="hf", metadata={
+        "help": "hf (transformers in this process; every search) | vllm (an inference engine; best_of_n, dvts, "
+                "cbs with the rear and rm: scorers)."})
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"policy.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if isinstance(self.vllm, dict):
+            self.vllm = VllmConfig(**self.vllm)
 
 
 @dataclass
@@ -189,6 +235,18 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.policy.backend != "hf":
+            if self.search.method in TOKEN_LEVEL_METHODS:
+                require_token_level(_NoTokenLevel(self.policy.backend), self.search.method)
+            if self.scorer.name == "genrm":
+                raise ValueError(f"scorer.name=genrm needs policy.backend: hf (it reads the next-token distribution "
+                                 f"after its judge prompt, which the {self.policy.backend} backend does not expose)")
+
+
+@dataclass
+class _NoTokenLevel:
+    backend: str
+    token_level: bool = False
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -198,11 +256,13 @@ def _dtype(name: str) -> torch.dtype:
     return value
 
 
-def build_policy(cfg: DecodeConfig, meter: Meter) -> Policy:
+def build_policy(cfg: DecodeConfig, meter: Meter) -> Any:
     from transformers import AutoModelForCausalLM
 
     from sp_prm.models import load_tokenizer, resolve
 
+    if cfg.policy.backend == "vllm":
+        return build_vllm_policy(cfg, meter)
     device = cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
@@ -211,7 +271,39 @@ def build_policy(cfg: DecodeConfig, meter: Meter) -> Policy:
     return Policy(model, tokenizer, delimiter=cfg.search.delimiter, meter=meter)
 
 
-def build_scorer(cfg: DecodeConfig, policy: Policy, meter: Meter) -> Any:
+def build_vllm_policy(cfg: DecodeConfig, meter: Meter) -> Any:
+    """A ``VllmPolicy`` on ``vllm.LLM`` (needs the vllm extra) or on the server at ``policy.vllm.url``."""
+    from transformers import GenerationConfig
+
+    from decoding.vllm_policy import LocalEngine, ServerEngine, VllmPolicy
+    from sp_prm.models import load_tokenizer, resolve
+
+    vc = cfg.policy.vllm
+    path = resolve(cfg.policy.model)
+    tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
+    if vc.url:
+        engine: Any = ServerEngine(vc.url, vc.served_model, timeout=vc.timeout, retries=vc.retries, workers=vc.workers)
+    else:
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise ImportError("policy.backend: vllm in-process needs vLLM: bash scripts/install.sh --vllm (CPU) or "
+                              "pip install vllm (GPU); or set policy.vllm.url to a running server") from e
+        args = dict(vc.engine_args)
+        args.setdefault("trust_remote_code", cfg.policy.trust_remote_code)
+        engine = LocalEngine(path, dtype=cfg.policy.dtype, enforce_eager=vc.enforce_eager,
+                             enable_prefix_caching=vc.enable_prefix_caching, max_model_len=vc.max_model_len,
+                             seed=cfg.seed, engine_args=args)
+    try:  # the model's generation config may add stop tokens (as the HF backend reads them)
+        gen_eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except (OSError, ValueError):
+        gen_eos = None
+    gen_eos = [] if gen_eos is None else ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos))
+    return VllmPolicy(engine, tokenizer, delimiter=cfg.search.delimiter, meter=meter, generation_eos=gen_eos,
+                      check_tokenizer=vc.check_tokenizer)
+
+
+def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
     sc = cfg.scorer
     if sc.name == "rear":
         return RearScorer(policy, sc.lam, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
@@ -223,7 +315,10 @@ def build_scorer(cfg: DecodeConfig, policy: Policy, meter: Meter) -> Any:
 
     path = sc.name[3:]
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.policy.trust_remote_code)
-    model = load_reward_model(path, dtype=sc.dtype, device=str(policy.device),
+    # The RM runs here with transformers on either backend (on vllm: the policy's device setting, else cuda if any).
+    device = str(policy.device) if cfg.policy.backend == "hf" else (
+        cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_reward_model(path, dtype=sc.dtype, device=device,
                               trust_remote_code=cfg.policy.trust_remote_code, pad_token_id=tokenizer.pad_token_id)
     prefix = sc.prefix or trained_prefix_format(model) or PrefixFormat()
     return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,

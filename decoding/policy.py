@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from decoding.kv import KVState
+from decoding.prefix_cache import PrefixCache
 from decoding.types import Message, Meter
 from sp_prm.formatting import PrefixFormat, render_plain_prompt, uses_chat_template
 from sp_prm.scoring import unwrap
@@ -73,6 +74,26 @@ class PolicyState(KVState):
         return state
 
 
+def encode_prompt(tokenizer: Any, prompt_format: PrefixFormat, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a prompt rendered for generation (chat template with the assistant cue); both backends."""
+    if uses_chat_template(tokenizer, prompt_format):
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(render_plain_prompt(messages))["input_ids"])
+
+
+def delimiter_token_mask(tokenizer: Any, delimiter: str, vocab_size: int) -> torch.Tensor:
+    """``[vocab_size]`` bool: non-special tokens whose text contains ``delimiter`` (the tokens that end a step)."""
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    texts = tokenizer.batch_decode([[i] for i in range(min(vocab_size, len(tokenizer)))])
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    if delimiter:
+        for i, t in enumerate(texts):
+            if delimiter in t and i not in special:
+                mask[i] = True
+    return mask
+
+
 def choose_tokens(logprobs: torch.Tensor, uniforms: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Draw one token per row from ``logprobs [rows, V]`` with the given uniforms ``[rows]`` in [0, 1).
 
@@ -99,7 +120,10 @@ def choose_tokens(logprobs: torch.Tensor, uniforms: torch.Tensor, params: Sampli
 
 
 class Policy:
-    """A causal LM and its tokenizer for search. See the module docstring.
+    """A causal LM and its tokenizer for search (the ``hf`` backend). See the module docstring.
+
+    Implements ``decoding.backend.PolicyBackend``; its state is a KV cache and it exposes
+    every row's next-token distribution (``token_level``), which ARGS and CARDS need.
 
     Args:
         model: any ``AutoModelForCausalLM`` (eval mode is set). Sliding-window caches
@@ -109,6 +133,9 @@ class Policy:
         stop_token_ids: extra ids that end a response (EOS and the generation config's are included).
         prompt_format: template choice for rendering prompts (``auto``: chat when available).
     """
+
+    backend = "hf"
+    token_level = True
 
     def __init__(
         self,
@@ -151,10 +178,7 @@ class Policy:
     # -- prompts -------------------------------------------------------------------------------------
     def encode(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of a prompt rendered for generation (chat template with the assistant cue)."""
-        if uses_chat_template(self.tokenizer, self.format):
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(render_plain_prompt(messages))["input_ids"])
+        return encode_prompt(self.tokenizer, self.format, messages)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
@@ -162,15 +186,7 @@ class Policy:
     def delimiter_mask(self) -> torch.Tensor:
         """``[V]`` bool: tokens whose text contains the step delimiter (computed once)."""
         if self._delimiter_mask is None:
-            V = self.vocab_size
-            special = set(getattr(self.tokenizer, "all_special_ids", []))
-            texts = self.tokenizer.batch_decode([[i] for i in range(min(V, len(self.tokenizer)))])
-            mask = torch.zeros(V, dtype=torch.bool)
-            if self.delimiter:
-                for i, t in enumerate(texts):
-                    if self.delimiter in t and i not in special:
-                        mask[i] = True
-            self._delimiter_mask = mask
+            self._delimiter_mask = delimiter_token_mask(self.tokenizer, self.delimiter, self.vocab_size)
         return self._delimiter_mask
 
     # -- model calls ---------------------------------------------------------------------------------
@@ -293,6 +309,16 @@ class Policy:
                 state.next_logprobs = nl
             self.meter.add("policy_tokens_generated", [state.groups[i] for i in act_idx])
         return samples
+
+    def logprob_cache(
+        self, max_batch_tokens: int = 16384, max_batch_size: int = 64, enabled: bool = True,
+        meter: Meter | None = None,
+    ) -> PrefixCache:
+        """Teacher-forced log-probs through a second KV cache kept across calls (REAR's sums)."""
+        return PrefixCache(
+            self.backbone, self.logits, kind="logprob", pad_id=self.pad_id, max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size, enabled=enabled, meter=meter or self.meter, device=self.device,
+        )
 
     @torch.no_grad()
     def sequence_logprobs(self, prompt: Sequence[int], response: Sequence[int]) -> torch.Tensor:

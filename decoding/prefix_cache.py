@@ -106,8 +106,14 @@ class PrefixCache:
         self.kept = []
 
     @torch.no_grad()
-    def values(self, seqs: Sequence[Sequence[int]], groups: Sequence[int] | None = None) -> list[torch.Tensor]:
-        """Per-position values (fp32, CPU) of every sequence; see the module docstring."""
+    def values(
+        self, seqs: Sequence[Sequence[int]], groups: Sequence[int] | None = None, starts: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
+        """Per-position values (fp32, CPU) of every sequence; see the module docstring.
+
+        ``starts`` (the first position each caller needs) is part of the ``LogprobCache``
+        interface the vLLM backend shares; every position is computed here regardless.
+        """
         seqs = [list(s) for s in seqs]
         groups = list(range(len(seqs))) if groups is None else list(groups)
         if any(len(s) == 0 for s in seqs):

@@ -12,8 +12,10 @@
 
   over the response tokens (plus the stop token when the response is complete: it
   is the episode's last action). The full-context term reuses the sampling
-  log-probs carried by the ``Partial``; the question-only term is an incremental
-  forward over a second, ``PrefixCache``-managed cache. ``lambda = 1`` is the
+  log-probs carried by the ``Partial``; the question-only term comes from the policy
+  backend's ``logprob_cache``: on HF an incremental forward over a second,
+  ``PrefixCache``-managed cache; on vLLM the engine's prompt log-probs over
+  [context + response], the shared prompt read from its prefix cache. ``lambda = 1`` is the
   policy's own log-likelihood. ``length_normalize=True`` (an option, not the
   paper's default) divides S by the number of summed tokens (response + stop
   token); the score is then no longer a sum of step increments, so the scorer
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 
 import torch
 
+from decoding.backend import PolicyBackend
 from decoding.policy import Policy
 from decoding.prefix_cache import PrefixCache
 from decoding.types import Meter, Partial, Prompt
@@ -142,7 +145,7 @@ class RearScorer:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: PolicyBackend,
         lam: float = 20.0,
         reuse_generation_logprobs: bool = True,
         cache: bool = True,
@@ -161,11 +164,10 @@ class RearScorer:
             self.default_aggregation = "last"
         self.reuse = reuse_generation_logprobs
         self.meter = meter or policy.meter
-        self.cache = PrefixCache(
-            policy.backbone, policy.logits, kind="logprob", pad_id=policy.pad_id,
-            max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, enabled=cache,
-            meter=self.meter, device=policy.device,
-        )
+        # The backend computes the teacher-forced sums: HF through a second KV cache kept across
+        # calls, vLLM through the engine's prompt log-probs with its prefix cache.
+        self.cache = policy.logprob_cache(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                                          enabled=cache, meter=self.meter)
         self._encoded: dict[tuple[str, str], list[int]] = {}
 
     def _prompt_ids(self, prompt: Prompt, which: str) -> list[int]:
@@ -205,7 +207,7 @@ class RearScorer:
                     starts.append(len(ids))
                     slots.append(("f", j))
         if seqs:
-            values = self.cache.values(seqs, [groups[j] for _, j in slots])
+            values = self.cache.values(seqs, [groups[j] for _, j in slots], starts)
             for (which, j), v, s in zip(slots, values, starts):
                 (q_sum if which == "q" else f_sum)[j] = v[s:].sum()
         return q_sum, f_sum
@@ -244,6 +246,11 @@ class GenRMScorer:
         max_batch_size: int = 64,
         meter: Meter | None = None,
     ) -> None:
+        if not getattr(policy, "token_level", True):
+            raise NotImplementedError(
+                f"the genrm scorer reads the policy's next-token distribution after its judge prompt, which the "
+                f"{policy.backend} policy backend does not expose; use policy.backend: hf, or scorer rear / rm:"
+            )
         self.policy = policy
         self.judge_prompt = judge_prompt
         self.answer_prefix = answer_prefix

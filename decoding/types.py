@@ -89,7 +89,10 @@ def candidate_seed(seed: int, prompt_id: str, *path: int) -> int:
 class Meter:
     """Compute counters per accounting group (the prompt's index in the run)."""
 
-    FIELDS = ("policy_tokens_generated", "policy_tokens_prefilled", "scorer_tokens", "scorer_calls")
+    # ``*_cached``: prompt tokens an engine backend (vLLM) served from its prefix cache instead of
+    # computing them (0 on the HF backend, whose forks never recompute a prefix at all).
+    FIELDS = ("policy_tokens_generated", "policy_tokens_prefilled", "scorer_tokens", "scorer_calls",
+              "policy_tokens_cached", "scorer_tokens_cached")
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[int, int]] = {k: defaultdict(int) for k in self.FIELDS}
