@@ -45,7 +45,9 @@ step sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT
 step sp-prm train --config recipes/hh-rlhf/train_sst_minilm.yaml --dataset "$OUT/sst-unweighted" --loss unweighted \
     --model_name_or_path "$OUT/orm" \
     --eval_fraction 0 --max_steps "$STEPS" --seed "$SEED" --resume false --output_dir "$OUT/ablation"
-# 4. all three on the held-out pairs, identical prefixes; agreement with the ORM as the reference
-step sp-prm evaluate-rm --source "$OUT/eval.jsonl" --subset all --models "[$OUT/orm, $OUT/sp-prm, $OUT/ablation]" \
-    --names '[orm, sp-prm, ablation-eq2]' --token_counts '[1, 5, 10, 20, 30, 50]' \
-    --fractions '[0.25, 0.5, 0.75, 1.0]' --output_dir "$OUT/eval" "${PREFIX[@]}"
+# 4. all three on the held-out pairs, identical prefixes; the ORM is the reference (agreement) and the
+#    baseline of the paired accuracy differences
+step sp-prm evaluate-rm --source "$OUT/eval.jsonl" --subset all --models "[$OUT/sp-prm, $OUT/ablation]" \
+    --names '[sp-prm, ablation-eq2]' --reference_model "$OUT/orm" --baseline reference \
+    --token_counts '[1, 5, 10, 20, 30, 50]' --fractions '[0.25, 0.5, 0.75, 1.0]' \
+    --output_dir "$OUT/eval" "${PREFIX[@]}"

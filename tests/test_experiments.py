@@ -236,3 +236,14 @@ def test_experiment_recipes_parse(path):
     cfg = load_config(cls, ["--config", str(path)])
     assert cfg.policy.model == "builtin:smollm2-135m-instruct"
     assert 20.0 in cfg.lams and 0.0 in cfg.lams
+
+
+def test_changed_keys_ignores_fields_added_later():
+    from decoding.experiments.common import changed_keys
+
+    old = {"policy": {"model": "m", "dtype": "float32"}, "n": 16, "seed": 0}
+    # a field added to PolicyConfig later (with its default) is not a change of the run
+    new = {"policy": {"model": "m", "dtype": "float32", "backend": "hf"}, "n": 16, "seed": 0, "threads": 1}
+    assert changed_keys(old, new) == []
+    assert changed_keys(old, {**new, "policy": {"model": "m", "dtype": "bfloat16"}}) == ["policy.dtype"]
+    assert changed_keys(old, {**new, "n": 8, "seed": 1}, ["n"]) == ["n"]

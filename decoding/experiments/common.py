@@ -157,3 +157,21 @@ def symlog_positions(lams: Sequence[float]) -> tuple[list[float], list[str]]:
     top = max(finite, default=1.0)
     xs = [math.log10(1 + (top * 2 if math.isinf(lam) else lam)) for lam in lams]
     return xs, [lam_label(lam) for lam in lams]
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> list[str]:
+    """Keys (of ``keys``, default all of ``new``) whose values differ between a saved and a new config.
+
+    Nested mappings are compared key by key, and a key the saved config lacks is not a change: a
+    field added to the code later (with a default) must not orphan a run written before it existed.
+    """
+    out = []
+    for k in (new if keys is None else keys):
+        if k not in old or k not in new:
+            continue
+        a, b = old[k], new[k]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{sub}" for sub in changed_keys(a, b)]
+        elif a != b:
+            out.append(k)
+    return sorted(out)

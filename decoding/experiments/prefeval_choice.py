@@ -46,6 +46,7 @@ from decoding.experiments.common import (
     append_records,
     atomic_savefig,
     atomic_write_text,
+    changed_keys,
     fmt,
     lam_label,
     markdown_table,
@@ -211,7 +212,7 @@ def run(cfg: PrefEvalChoiceConfig, policy: Any = None) -> Path:
     saved = out / "config.json"
     if existing and saved.exists():
         old, new = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg)))
-        diff = sorted(k for k in _FINGERPRINT if old.get(k) != new.get(k))
+        diff = changed_keys(old, new, _FINGERPRINT)
         if diff:
             raise ValueError(f"{out} holds a run with different {diff}; choose another output_dir")
     atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")

@@ -53,6 +53,7 @@ from decoding.experiments.common import (
     append_records,
     atomic_savefig,
     atomic_write_text,
+    changed_keys,
     fmt,
     lam_label,
     markdown_table,
@@ -192,7 +193,7 @@ def _check_output(cfg: RearVerifiableConfig, out: Path) -> None:
         if saved.exists():
             old = (yaml.safe_load(saved.read_text()) or {}).get("fingerprint", {})
             new = json.loads(json.dumps(_fingerprint(cfg)))
-            diff = sorted(k for k in new if k in old and old[k] != new[k])
+            diff = changed_keys(old, new)
             if diff:
                 raise ValueError(f"{out} holds a run with different {diff}; choose another output_dir")
     atomic_write_text(saved, yaml.safe_dump({"fingerprint": json.loads(json.dumps(_fingerprint(cfg))),
