@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--L", type=int, default=16)
     ap.add_argument("--cbs-T", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--skip-args", action="store_true")
     ap.add_argument("--skip-cbs", action="store_true")
     ap.add_argument("--cards-T", type=int, default=64)
     ap.add_argument("--skip-cards", action="store_true")
@@ -177,6 +178,17 @@ def main() -> None:
     print(f"device {device}, torch threads {torch.get_num_threads()}; model hidden {args.hidden}, layers "
           f"{args.layers}, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f} M params (policy and RM alike)")
 
+    if not args.skip_args:
+        bench_args(args, policy, cached, fresh, prompts)
+    params = SamplingParams(temperature=1.0)
+    if not args.skip_cbs:
+        bench_cbs(args, policy, cached, fresh, prompts, params)
+    if not args.skip_cards:
+        bench_cards(args, policy, cached, fresh, prompts, params)
+
+
+def bench_args(args: argparse.Namespace, policy: Policy, cached: RewardModelScorer, fresh: RewardModelScorer,
+              prompts: list[Prompt]) -> None:
     # ARGS: one prompt at a time on both sides (the naive reference is per prompt).
     args_decode(policy, cached, prompts[:1], k=args.k, w=args.w, max_new_tokens=4)  # warm-up
     t_ours, t_naive, same = 0.0, 0.0, True
@@ -191,12 +203,6 @@ def main() -> None:
           f"{t_naive:.2f}s, speed-up {t_naive / t_ours:.1f}x, identical tokens: {same}")
     batched, _ = timed(lambda: args_decode(policy, cached, prompts, k=args.k, w=args.w, max_new_tokens=args.T))
     print(f"ARGS-greedy, the {len(prompts)} prompts batched together: {batched:.2f}s")
-
-    params = SamplingParams(temperature=1.0)
-    if not args.skip_cbs:
-        bench_cbs(args, policy, cached, fresh, prompts, params)
-    if not args.skip_cards:
-        bench_cards(args, policy, cached, fresh, prompts, params)
 
 
 def bench_cbs(args: argparse.Namespace, policy: Policy, cached: RewardModelScorer, fresh: RewardModelScorer,
