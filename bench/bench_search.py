@@ -155,6 +155,11 @@ def main() -> None:
     ap.add_argument("--cards-T", type=int, default=64)
     ap.add_argument("--skip-cards", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                    help="float64: rules out float noise when checking that beams/tokens are identical")
+    ap.add_argument("--hh-prompts", action="store_true",
+                    help="real prompts: the shipped HH-RLHF sample's conversations (multi-turn, ~100-300 tokens) "
+                         "instead of one-line synthetic questions")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,18 +170,27 @@ def main() -> None:
                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
                       num_key_value_heads=args.kv_heads, pad_token_id=tok.pad_token_id,
                       eos_token_id=tok.eos_token_id, tie_word_embeddings=True, num_labels=1)
-    lm = LlamaForCausalLM(cfg).eval().to(device)
-    rm = LlamaForSequenceClassification(cfg).eval().to(device)
+    dtype = getattr(torch, args.dtype)
+    lm = LlamaForCausalLM(cfg).eval().to(device, dtype)
+    rm = LlamaForSequenceClassification(cfg).eval().to(device, dtype)
     with torch.no_grad():
         rm.score.weight.normal_(0, 1.0)  # visible rewards, so w matters
     policy = Policy(lm, tok)
     cached = RewardModelScorer(rm, tok)
     fresh = RewardModelScorer(rm, tok, cache=False)
-    prompts = [Prompt(f"q{i}", [{"role": "system", "content": "I prefer short, practical answers."},
-                                {"role": "user", "content": f"How do I get better at task number {i} quickly?"}],
-                      None, "q", None, i) for i in range(args.prompts)]
+    if args.hh_prompts:
+        from data_prep.loaders import load_preferences
+
+        pairs, _ = load_preferences("builtin:hh-rlhf-sample", limit=args.prompts)
+        prompts = [Prompt(f"hh{i}", pair["prompt"], None, pair["prompt"][-1]["content"], None, i)
+                   for i, pair in enumerate(pairs)]
+    else:
+        prompts = [Prompt(f"q{i}", [{"role": "system", "content": "I prefer short, practical answers."},
+                                    {"role": "user", "content": f"How do I get better at task number {i} quickly?"}],
+                          None, "q", None, i) for i in range(args.prompts)]
     print(f"device {device}, torch threads {torch.get_num_threads()}; model hidden {args.hidden}, layers "
-          f"{args.layers}, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f} M params (policy and RM alike)")
+          f"{args.layers}, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f} M params (policy and RM alike); "
+          f"prompt tokens {[len(policy.encode(p.messages)) for p in prompts]}")
 
     if not args.skip_args:
         bench_args(args, policy, cached, fresh, prompts)
