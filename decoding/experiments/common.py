@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,46 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> 
         elif a != b:
             out.append(k)
     return sorted(out)
+
+
+def write_summary_files(
+    cfg: Any,
+    command: str,
+    summarize_records: Callable[..., dict[str, Any]],
+    to_markdown: Callable[[dict[str, Any], Any, str], str],
+    plot: Callable[..., Any],
+    plot_name: str,
+) -> dict[str, Any]:
+    """Summarize ``output_dir/records.jsonl`` into ``summary.json``, ``summary.md`` and a plot (atomically)."""
+    out = Path(cfg.output_dir)
+    records = read_records(out / "records.jsonl")
+    if not records:
+        raise FileNotFoundError(f"no records in {out / 'records.jsonl'}; run the experiment first")
+    summary = summarize_records(records, cfg.lams, cfg.bootstrap_resamples)
+    summary["command"] = command
+    summary["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(out / "summary.md", to_markdown(summary, cfg, command) + "\n")
+    plot(summary, cfg.lams, out / plot_name)
+    return summary
+
+
+def experiment_main(
+    config_cls: type,
+    module: str,
+    run: Callable[[Any], Any],
+    write_summary: Callable[[Any, str], Any],
+    argv: list[str] | None = None,
+) -> None:
+    """The command line every experiment shares: recipe + overrides, run (unless summarize_only), summarize."""
+    from sp_prm.config import load_config
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = load_config(config_cls, argv)
+    command = f"python -m {module} " + " ".join(argv)
+    t0 = time.perf_counter()
+    if not cfg.summarize_only:
+        run(cfg)
+    write_summary(cfg, command)
+    print((Path(cfg.output_dir) / "summary.md").read_text())
+    print(f"done in {time.perf_counter() - t0:.0f} s; outputs in {cfg.output_dir}", file=sys.stderr)

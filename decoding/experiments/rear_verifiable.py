@@ -39,8 +39,6 @@ import dataclasses
 import json
 import math
 import random
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +52,7 @@ from decoding.experiments.common import (
     atomic_savefig,
     atomic_write_text,
     changed_keys,
+    experiment_main,
     fmt,
     lam_label,
     markdown_table,
@@ -63,13 +62,13 @@ from decoding.experiments.common import (
     stat,
     symlog_positions,
     use_meter,
+    write_summary_files,
 )
 from decoding.policy import SamplingParams
 from decoding.prompts import DataConfig, to_prompt
 from decoding.rear_sweep import rear_scores
 from decoding.types import Meter
 from decoding.verifiable import PREFERENCES, build_prompts
-from sp_prm.config import load_config
 
 METHODS = ("greedy", "bon", "genrm", "dvts")
 # Fields whose change makes earlier records of an output_dir incomparable (resume refuses to mix them).
@@ -518,29 +517,11 @@ def plot(summary: dict[str, Any], lams: list[float], path: Path, split: str = "t
 
 
 def write_summary(cfg: RearVerifiableConfig, command: str) -> dict[str, Any]:
-    out = Path(cfg.output_dir)
-    records = read_records(out / "records.jsonl")
-    if not records:
-        raise FileNotFoundError(f"no records in {out / 'records.jsonl'}; run the experiment first")
-    summary = summarize_records(records, cfg.lams, cfg.bootstrap_resamples)
-    summary["command"] = command
-    summary["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
-    atomic_write_text(out / "summary.md", to_markdown(summary, cfg, command) + "\n")
-    plot(summary, cfg.lams, out / "satisfaction_vs_lambda.png")
-    return summary
+    return write_summary_files(cfg, command, summarize_records, to_markdown, plot, "satisfaction_vs_lambda.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    cfg = load_config(RearVerifiableConfig, argv)
-    command = "python -m decoding.experiments.rear_verifiable " + " ".join(argv)
-    t0 = time.perf_counter()
-    if not cfg.summarize_only:
-        run(cfg)
-    write_summary(cfg, command)
-    print((Path(cfg.output_dir) / "summary.md").read_text())
-    print(f"done in {time.perf_counter() - t0:.0f} s; outputs in {cfg.output_dir}", file=sys.stderr)
+    experiment_main(RearVerifiableConfig, "decoding.experiments.rear_verifiable", run, write_summary, argv)
 
 
 if __name__ == "__main__":
