@@ -220,3 +220,22 @@ def experiment_main(
     write_summary(cfg, command)
     print((Path(cfg.output_dir) / "summary.md").read_text())
     print(f"done in {time.perf_counter() - t0:.0f} s; outputs in {cfg.output_dir}", file=sys.stderr)
+
+
+def claim_output_dir(cfg: Any, out: Path, fingerprint: Sequence[str]) -> None:
+    """Refuse to mix two runs in one ``output_dir``, then record this run's config (``config.json``).
+
+    With records already there, the run must be a resume (``cfg.resume``) of a config that agrees on
+    every ``fingerprint`` field (fields added to the code later are not a change, see
+    :func:`changed_keys`).
+    """
+    records, saved = out / "records.jsonl", out / "config.json"
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if records.exists() and records.stat().st_size:
+        if not cfg.resume:
+            raise FileExistsError(f"{records} exists; pass --resume true to continue it or choose another output_dir")
+        if saved.exists():
+            diff = changed_keys(json.loads(saved.read_text()), new, fingerprint)
+            if diff:
+                raise ValueError(f"{out} holds a run with different {diff}; choose another output_dir")
+    atomic_write_text(saved, json.dumps(new, indent=1) + "\n")

@@ -30,7 +30,6 @@ Resumable; summaries and plots are written atomically.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -43,8 +42,7 @@ from decoding.experiments.common import (
     Stopwatch,
     append_records,
     atomic_savefig,
-    atomic_write_text,
-    changed_keys,
+    claim_output_dir,
     experiment_main,
     fmt,
     lam_label,
@@ -204,18 +202,9 @@ def run(cfg: PrefEvalChoiceConfig, policy: Any = None) -> Path:
     items = load_items(cfg.data_dir, cfg.topics, cfg.seed, cfg.limit)  # fails before anything is written
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(cfg, out, _FINGERPRINT)
     path = out / "records.jsonl"
-    existing = read_records(path)
-    if existing and not cfg.resume:
-        raise FileExistsError(f"{path} exists; pass --resume true to continue it or choose another output_dir")
-    saved = out / "config.json"
-    if existing and saved.exists():
-        old, new = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg)))
-        diff = changed_keys(old, new, _FINGERPRINT)
-        if diff:
-            raise ValueError(f"{out} holds a run with different {diff}; choose another output_dir")
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
-    done = {r["id"] for r in existing}
+    done = {r["id"] for r in read_records(path)}
     todo = [(i, it) for i, it in enumerate(items) if it["id"] not in done]
     if not todo:
         return path

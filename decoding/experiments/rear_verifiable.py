@@ -35,7 +35,6 @@ skipped); summaries and plots are written atomically.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -43,15 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from decoding.decode import DecodeConfig, PolicyConfig, SearchConfig, build_policy
 from decoding.experiments.common import (
     Stopwatch,
     append_records,
     atomic_savefig,
-    atomic_write_text,
-    changed_keys,
+    claim_output_dir,
     experiment_main,
     fmt,
     lam_label,
@@ -178,28 +174,6 @@ def select_prompts(cfg: RearVerifiableConfig) -> list[dict[str, str]]:
 # -- running -------------------------------------------------------------------------------------------
 
 
-def _fingerprint(cfg: RearVerifiableConfig) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    return {k: d[k] for k in _FINGERPRINT}
-
-
-def _check_output(cfg: RearVerifiableConfig, out: Path) -> None:
-    saved = out / "config.yaml"
-    records = out / "records.jsonl"
-    if records.exists() and records.stat().st_size:
-        if not cfg.resume:
-            raise FileExistsError(f"{records} exists; pass --resume true to continue it or choose another output_dir")
-        if saved.exists():
-            old = (yaml.safe_load(saved.read_text()) or {}).get("fingerprint", {})
-            new = json.loads(json.dumps(_fingerprint(cfg)))
-            diff = changed_keys(old, new)
-            if diff:
-                raise ValueError(f"{out} holds a run with different {diff}; choose another output_dir")
-    atomic_write_text(saved, yaml.safe_dump({"fingerprint": json.loads(json.dumps(_fingerprint(cfg))),
-                                             "config": json.loads(json.dumps(dataclasses.asdict(cfg)))},
-                                            sort_keys=False))
-
-
 def _verify(name: str, text: str) -> bool:
     return bool(PREFERENCES[name].check(text))
 
@@ -215,7 +189,7 @@ def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> 
     records = [r for r in select_prompts(cfg) if r["split"] in cfg.splits]  # fails before anything is written
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_output(cfg, out)
+    claim_output_dir(cfg, out, _FINGERPRINT)
     path = out / "records.jsonl"
     done = {r["id"] for r in read_records(path)}
     data_cfg = DataConfig(preference_as=cfg.preference_as)
