@@ -82,6 +82,21 @@ def encode_prompt(tokenizer: Any, prompt_format: PrefixFormat, messages: Sequenc
     return list(tokenizer(render_plain_prompt(messages))["input_ids"])
 
 
+def stop_and_pad_ids(tokenizer: Any, stop_token_ids: Sequence[int] = (),
+                     generation_eos: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """Ids that end a response (the given ones, the tokenizer's EOS, the generation config's EOS) and
+    the id fed in padded positions (the pad token, else the first stop id). Shared by every backend."""
+    stops = {int(i) for i in stop_token_ids}
+    if tokenizer.eos_token_id is not None:
+        stops.add(int(tokenizer.eos_token_id))
+    if generation_eos is not None:
+        stops.update(int(i) for i in ([generation_eos] if isinstance(generation_eos, int) else generation_eos))
+    if not stops:
+        raise ValueError("the policy has no stop token: give the tokenizer an eos_token or pass stop_token_ids")
+    stop_ids = sorted(stops)
+    return stop_ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+
+
 def delimiter_token_mask(tokenizer: Any, delimiter: str, vocab_size: int) -> torch.Tensor:
     """``[vocab_size]`` bool: non-special tokens whose text contains ``delimiter`` (the tokens that end a step)."""
     special = set(getattr(tokenizer, "all_special_ids", []))
@@ -153,16 +168,8 @@ class Policy:
         self.backbone = getattr(inner, inner.base_model_prefix)
         self.head = inner.get_output_embeddings()
         self.softcap = getattr(inner.config, "final_logit_softcapping", None)
-        stops = {int(i) for i in stop_token_ids}
-        if tokenizer.eos_token_id is not None:
-            stops.add(int(tokenizer.eos_token_id))
         gen_eos = getattr(getattr(inner, "generation_config", None), "eos_token_id", None)
-        if gen_eos is not None:
-            stops.update([gen_eos] if isinstance(gen_eos, int) else gen_eos)
-        if not stops:
-            raise ValueError("the policy has no stop token: give the tokenizer an eos_token or pass stop_token_ids")
-        self.stop_ids = sorted(stops)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.stop_ids, self.pad_id = stop_and_pad_ids(tokenizer, stop_token_ids, gen_eos)
         self.delimiter = delimiter
         self._delimiter_mask: torch.Tensor | None = None
         self.meter = meter or Meter()

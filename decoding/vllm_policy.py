@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from decoding.backend import TokenState
-from decoding.policy import Sample, SamplingParams, delimiter_token_mask, encode_prompt
+from decoding.policy import Sample, SamplingParams, delimiter_token_mask, encode_prompt, stop_and_pad_ids
 from decoding.types import Message, Meter
 from sp_prm.formatting import PrefixFormat
 
@@ -329,13 +329,7 @@ class VllmPolicy:
         if check_tokenizer:  # first: a wrong model is the error worth reporting
             self.check_tokenizer()
         self.format = prompt_format or PrefixFormat(max_prompt_tokens=None, max_response_tokens=None)
-        stops = {int(i) for i in stop_token_ids} | {int(i) for i in generation_eos}
-        if tokenizer.eos_token_id is not None:
-            stops.add(int(tokenizer.eos_token_id))
-        if not stops:
-            raise ValueError("the policy has no stop token: give the tokenizer an eos_token or pass stop_token_ids")
-        self.stop_ids = sorted(stops)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.stop_ids, self.pad_id = stop_and_pad_ids(tokenizer, stop_token_ids, generation_eos)
         self.delimiter = delimiter
         self._delimiter_ids: dict[str, list[int]] = {}
         self.meter = meter or Meter()
