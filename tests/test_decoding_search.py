@@ -51,9 +51,9 @@ def test_best_of_n_picks_argmax_and_is_batch_independent(policy, tiny_llama_rm, 
         best_of_n(policy, scorer, ps, 0, SamplingParams(), 10)
 
 
-def test_dvts_structure(tiny_llama_lm, smollm_tokenizer):
-    # A frequent delimiter (a letter) makes steps short enough to see several of them.
-    policy = Policy(tiny_llama_lm, smollm_tokenizer, delimiter="e")
+def check_dvts_structure(policy, tokenizer):
+    """DVTS (n 6, width 3, <= 3 steps of <= 6 tokens) on a policy whose step delimiter is "e"; asserts the
+    tree's structure (shared by the HF and vllm backend tests) and returns the prompts used."""
     ps = prompts(2)
     res = dvts(policy, RearScorer(policy, 5.0), ps, n=6, width=3, params=SamplingParams(), max_new_tokens=24,
                max_steps=3, max_step_tokens=6, seed=1, finish_last_step=False)
@@ -67,7 +67,7 @@ def test_dvts_structure(tiny_llama_lm, smollm_tokenizer):
             for k, end in enumerate(c.step_ends):
                 step = c.token_ids[start:end]
                 assert 1 <= len(step) <= 6
-                texts = [smollm_tokenizer.decode([t]) for t in step]
+                texts = [tokenizer.decode([t]) for t in step]
                 assert not any("e" in t for t in texts[:-1])  # the delimiter only ends a step
                 if len(step) < 6 and not (c.eos and k == len(c.step_ends) - 1):
                     assert "e" in texts[-1]
@@ -82,6 +82,13 @@ def test_dvts_structure(tiny_llama_lm, smollm_tokenizer):
             assert all(c.token_ids[:prefix] == group[0].token_ids[:prefix] for c in group)
         assert r.best_candidate.score == max(c.score for c in r.candidates)
     assert any(len(c.step_ends) > 1 for r in res for c in r.candidates)
+    return ps
+
+
+def test_dvts_structure(tiny_llama_lm, smollm_tokenizer):
+    # A frequent delimiter (a letter) makes steps short enough to see several of them.
+    policy = Policy(tiny_llama_lm, smollm_tokenizer, delimiter="e")
+    ps = check_dvts_structure(policy, smollm_tokenizer)
     with pytest.raises(ValueError, match="multiple of width"):
         dvts(policy, RearScorer(policy), ps, 6, 4, SamplingParams(), 8)
 

@@ -12,14 +12,8 @@ from decoding.dvts import dvts
 from decoding.policy import Policy, SamplingParams
 from decoding.rear_sweep import best_of_n_terms, rear_scores, select
 from decoding.scorers import RearScorer
-from decoding.types import Partial, Prompt
-
-
-def prompts(k=3):
-    qs = ["What is rain?", "Why do we sleep?", "Name a fruit."]
-    prefs = ["Keep it short.", "Use rhymes.", "Be formal."]
-    return [Prompt(f"p{i}", [{"role": "system", "content": prefs[i]}, {"role": "user", "content": qs[i]}],
-                   [{"role": "user", "content": qs[i]}], qs[i], prefs[i], i) for i in range(k)]
+from decoding.types import Partial
+from tests.test_decoding_search import prompts
 
 
 @pytest.fixture()

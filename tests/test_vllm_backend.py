@@ -27,14 +27,13 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 from decoding.beam_search import chunk_beam_search  # noqa: E402
 from decoding.best_of_n import best_of_n  # noqa: E402
 from decoding.decode import DecodeConfig, run  # noqa: E402
-from decoding.dvts import dvts  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
 from decoding.scorers import RearScorer  # noqa: E402
 from decoding.types import Meter, Partial, Prompt  # noqa: E402
 from decoding.vllm_policy import EngineError, LocalEngine, ServerEngine, VllmPolicy  # noqa: E402
 from sp_prm.config import build  # noqa: E402
 from sp_prm.models import load_tokenizer, resolve  # noqa: E402
-from tests.test_decoding_search import prompts  # noqa: E402
+from tests.test_decoding_search import check_dvts_structure, prompts  # noqa: E402
 
 MODEL = "builtin:smollm2-135m-instruct"
 SERVER_START_TIMEOUT = 300  # seconds: start-up is ~20-40 s eager on 2 busy cores
@@ -128,30 +127,7 @@ def test_rear_same_scores_on_both_backends(policy, hf):
 
 
 def test_dvts_structure(engine, tokenizer):
-    policy = VllmPolicy(engine, tokenizer, delimiter="e")
-    ps = prompts(2)
-    res = dvts(policy, RearScorer(policy, 5.0), ps, n=6, width=3, params=SamplingParams(), max_new_tokens=24,
-               max_steps=3, max_step_tokens=6, seed=1, finish_last_step=False)
-    for r in res:
-        assert len(r.candidates) == 6 and [c.subtree for c in r.candidates] == [0, 0, 0, 1, 1, 1]
-        for c in r.candidates:
-            assert len(c.step_ends) <= 3 and len(c.token_ids) <= 24
-            start = 0
-            for k, end in enumerate(c.step_ends):
-                step = c.token_ids[start:end]
-                assert 1 <= len(step) <= 6
-                texts = [tokenizer.decode([t]) for t in step]
-                assert not any("e" in t for t in texts[:-1])
-                if len(step) < 6 and not (c.eos and k == len(c.step_ends) - 1):
-                    assert "e" in texts[-1]
-                start = end
-            assert c.score == pytest.approx(sum(c.step_scores))
-        for t in range(2):
-            group = r.candidates[3 * t: 3 * t + 3]
-            prefix = group[0].step_ends[-2] if len(group[0].step_ends) > 1 else 0
-            assert all(c.token_ids[:prefix] == group[0].token_ids[:prefix] for c in group)
-        assert r.best_candidate.score == max(c.score for c in r.candidates)
-    assert any(len(c.step_ends) > 1 for r in res for c in r.candidates)
+    check_dvts_structure(VllmPolicy(engine, tokenizer, delimiter="e"), tokenizer)
 
 
 def test_cbs_structure(policy):
