@@ -32,7 +32,7 @@ import torch
 from decoding.best_of_n import best_of_n
 from decoding.core import Candidate, argmax
 from decoding.policy import Policy, SamplingParams
-from decoding.scorers import RearScorer
+from decoding.scorers import RearScorer, rear_combine
 from decoding.types import Meter, Partial, Prompt
 
 
@@ -63,17 +63,15 @@ def rear_scores(
     B = torch.as_tensor(B, dtype=torch.float32)
     if lam < 0 or math.isnan(lam):
         raise ValueError(f"REAR lambda must be >= 0, got {lam}")
+    n = n_terms if length_normalize else None
     if math.isinf(lam):
-        s = B - A
-    elif lam == 0.0:
-        s = (1.0 - lam) * A + lam * torch.zeros_like(B)
+        return rear_combine(torch.zeros_like(A), B - A, 1.0, n)  # the limit: S / lambda -> B - A
+    # RearScorer.terms leaves the term lambda does not use at 0; do the same for identical float results.
+    if lam == 0.0:
+        B = torch.zeros_like(B)
     elif lam == 1.0:
-        s = (1.0 - lam) * torch.zeros_like(A) + lam * B
-    else:
-        s = (1.0 - lam) * A + lam * B
-    if length_normalize:
-        s = s / torch.tensor([max(1, int(k)) for k in n_terms], dtype=s.dtype)
-    return s
+        A = torch.zeros_like(A)
+    return rear_combine(A, B, lam, n)
 
 
 def select(result: TermsResult, lam: float, length_normalize: bool = False) -> int:

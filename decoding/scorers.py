@@ -128,6 +128,16 @@ class RewardModelScorer:
         return self.rm.score(seqs)
 
 
+def rear_combine(q: torch.Tensor, f: torch.Tensor, lam: float, n_terms: Sequence[int] | None = None) -> torch.Tensor:
+    """REAR(lambda) from its two sums: ``(1 - lam) * q + lam * f``, divided by each response's number of
+    summed tokens when ``n_terms`` is given (length normalisation). The one place this arithmetic lives,
+    so a post-hoc lambda sweep (``decoding.rear_sweep``) selects exactly what the scorer would."""
+    s = (1.0 - lam) * q + lam * f
+    if n_terms is not None:
+        s = s / torch.tensor([max(1, int(k)) for k in n_terms], dtype=s.dtype)
+    return s
+
+
 class RearScorer:
     """REAR(lambda) on the policy itself. See the module docstring.
 
@@ -218,10 +228,8 @@ class RearScorer:
             return torch.empty(0)
         self.meter.add("scorer_calls", sorted({p.index for p in prompts}))
         q, f = self.terms(prompts, partials)
-        s = (1.0 - self.lam) * q + self.lam * f
-        if self.length_normalize:
-            s = s / torch.tensor([max(1, len(r.token_ids) + len(r.end_ids)) for r in partials], dtype=s.dtype)
-        return s
+        n_terms = [len(r.token_ids) + len(r.end_ids) for r in partials] if self.length_normalize else None
+        return rear_combine(q, f, self.lam, n_terms)
 
 
 GENRM_JUDGE = (
