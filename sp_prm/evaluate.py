@@ -239,6 +239,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         names.append("reference")
         paths.append(config.reference_model)
 
+    if config.baseline is not None and config.baseline not in names:  # before any model is scored
+        raise ValueError(f"baseline {config.baseline!r} is not one of the evaluated models {names}")
+
     scores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, path in tqdm(list(zip(names, paths)), desc="evaluate-rm", unit="model"):
         tok = load_tokenizer(path, config.trust_remote_code)
@@ -263,8 +266,6 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             for j, label in enumerate(labels)
         }
     baseline = config.baseline or names[0]
-    if baseline not in scores:
-        raise ValueError(f"baseline {baseline!r} is not one of the evaluated models {list(scores)}")
     if len(scores) > 1:
         base_wins = (scores[baseline][0] > scores[baseline][1]).numpy()
         for name, (chosen, rejected) in scores.items():

@@ -116,3 +116,12 @@ def test_trained_prefix_format_is_enforced(tmp_path, tiny_llama_rm, smollm_token
         evaluate(cfg)
     cfg.prefix = fmt
     assert evaluate(cfg)["n_pairs"] > 0
+
+
+def test_unknown_baseline_fails_before_scoring(tmp_path, tiny_llama_rm_dir):
+    cfg = EvaluateConfig(models=[str(tiny_llama_rm_dir)], names=["llama"], baseline="orm", limit=4,
+                         prefix=PrefixFormat(template="plain", max_prompt_tokens=96, max_response_tokens=48),
+                         output_dir=str(tmp_path / "eval"))
+    with pytest.raises(ValueError, match="baseline 'orm' is not one of the evaluated models"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()
