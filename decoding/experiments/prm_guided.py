@@ -1,0 +1,523 @@
+"""PRM-guided search on HH-RLHF prompts: the ORM vs the SP-PRM as guides (issue 8, part 3).
+
+    bash scripts/experiment_prm_guided_hh.sh            # gold RMs + this experiment, one command
+    python -m decoding.experiments.prm_guided --config recipes/experiments/prm_guided_hh.yaml
+    python -m decoding.experiments.prm_guided --config ... --summarize_only true   # tables/plot again
+
+SP-PRM paper, section 5.2-5.3: the same policy is steered by an outcome RM and by the
+SP-PRM made from it, with Best-of-N, ARGS-greedy, CBS and CARDS, and the outputs are
+judged by a reward model the guides never saw.
+
+* **Guides**: ``guides`` maps a name to an RM path (the ORM and SP-PRM of
+  ``scripts/experiment_sp_prm_hh.sh``, trained on the 1,452 train pairs).
+* **Prompts**: the held-out pairs (``pairs_path``, never seen by the guides), split in two
+  folds by hashed pair id (:func:`fold_of`).
+* **Gold**: cross-fitted. ``gold_models[f]`` is an RM trained on the pairs of fold ``f``
+  only; a prompt of fold ``f`` is judged by the gold RM of the *other* fold, so no judge has
+  seen the prompt it judges nor any pair the guides saw. Each gold RM's accuracy on the other
+  fold's human labels is measured here and reported with the results (how much to trust it).
+* **Methods**, the same seeds for both guides: ``bon`` (N samples drawn once, each guide picks
+  its best), ``args`` (greedy, top-k, w), ``cbs`` (W, K, L), ``cards`` (thresholds calibrated
+  per guide on prompts that are not reported); unguided ``greedy`` and the N ``samples``.
+* **Budget**: BoN and CBS sample the same number of tokens (N x T = W x K x T); ARGS and
+  CARDS run at their papers' settings scaled to T. Every method's compute (policy tokens
+  generated and prefilled, scorer tokens and calls, seconds) is recorded and reported.
+
+Per output: the gold reward; the **win rate** against the prompt's N unguided samples under
+the same gold RM (ties count half; scale-free, 0.5 = no better than sampling); the gold reward
+as a z-score against the samples; both guides' rewards (how hard the search optimised its
+guide); length; diversity (distinct 2/3/4-gram product) and prompt-answer coherence (MiniLM
+cosine). Outputs in ``output_dir``: ``records.jsonl`` (one line per prompt; resumable),
+``summary.json``, ``summary.md`` (bootstrap 95% CIs over prompts, paired SP-PRM - ORM
+differences) and ``win_rate.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from decoding.decode import DecodeConfig, PolicyConfig, ScorerConfig, build_policy, build_scorer
+from decoding.experiments.common import (
+    Stopwatch,
+    append_records,
+    atomic_savefig,
+    atomic_write_text,
+    claim_output_dir,
+    experiment_main,
+    fmt,
+    markdown_table,
+    read_records,
+    resolve_data,
+    set_threads,
+    stat,
+    use_meter,
+)
+from decoding.policy import SamplingParams
+from decoding.prompts import DataConfig, to_prompt
+from decoding.types import Meter
+
+METHODS = ("bon", "args", "cbs", "cards")
+# (prompts_per_fold is not one: a larger value extends the reported prompts, see select_prompts.)
+_FINGERPRINT = ("policy", "sampling", "pairs_path", "guides", "gold_models", "folds", "calibration_prompts",
+                "selection_seed", "seed", "max_new_tokens", "n", "args_k", "args_w", "cbs_beam_width", "cbs_successors", "cbs_chunk_length", "cards_tau_u", "cards_max_rejections",
+                "cards_max_segment_tokens", "cards_quantile")
+
+
+def fold_of(pair_id: str, folds: int = 2) -> int:
+    """The fold of a pair: a hash of its id (stable across runs, machines and Python versions)."""
+    return int(hashlib.sha256(str(pair_id).encode()).hexdigest()[:8], 16) % folds
+
+
+@dataclass
+class PrmGuidedConfig:
+    """PRM-guided Best-of-N / ARGS / CBS / CARDS with several guides, judged by cross-fitted gold RMs."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, top_p=0.9))
+    pairs_path: str = field(default="outputs/exp-hh/seed0/eval.jsonl", metadata={
+        "help": "Held-out preference pairs (jsonl: id, prompt messages, chosen, rejected) the guides never saw."})
+    guides: dict[str, str] = field(
+        default_factory=lambda: {"orm": "outputs/exp-hh/seed0/orm", "sp-prm": "outputs/exp-hh/seed0/sp-prm"},
+        metadata={"help": "Guide name -> reward model path; the first is the baseline of the paired differences."})
+    gold_models: list[str] = field(
+        default_factory=lambda: ["outputs/exp-hh/seed0/gold0", "outputs/exp-hh/seed0/gold1"],
+        metadata={"help": "gold_models[f]: an RM trained on fold f's pairs only (fold_of); judges the other fold."})
+    folds: int = field(default=2, metadata={"help": "Folds of pairs_path (= len(gold_models))."})
+    prompts_per_fold: int = field(default=20, metadata={"help": "Reported prompts drawn from each fold."})
+    calibration_prompts: int = field(default=4, metadata={
+        "help": "Prompts (not reported; drawn after the reported ones) on which CARDS thresholds are calibrated."})
+    selection_seed: int = field(default=0, metadata={"help": "Seed of the shuffle that picks the prompts."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (candidate seeds derive from it and the id)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Token budget T per response (every method)."})
+    n: int = field(default=16, metadata={"help": "Best-of-N samples (also the unguided reference samples)."})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Subset of {METHODS}."})
+    args_k: int = field(default=10, metadata={"help": "ARGS top-k (paper: 30)."})
+    args_w: float = field(default=1.5, metadata={"help": "ARGS reward weight (paper: 1.5)."})
+    cbs_beam_width: int = field(default=4, metadata={"help": "CBS beams W."})
+    cbs_successors: int = field(default=4, metadata={"help": "CBS successors per beam K (W x K = n: BoN's budget)."})
+    cbs_chunk_length: int = field(default=16, metadata={"help": "CBS chunk length L."})
+    cards_tau_u: float = field(default=7.0, metadata={"help": "CARDS entropy threshold (paper: 7.0)."})
+    cards_max_rejections: int = field(default=4, metadata={"help": "CARDS rejections before the best is kept."})
+    cards_max_segment_tokens: int = field(default=16, metadata={"help": "CARDS token cap of one segment."})
+    cards_quantile: float = field(default=0.5, metadata={"help": "CARDS: quantile of each guide's scores on the "
+                                                                 "calibration prompts used as thresholds."})
+    coherence_model: str | None = field(default="builtin:all-minilm-l6-v2",
+                                        metadata={"help": "Embedder of the coherence proxy; null: skip."})
+    batch_size: int = field(default=4, metadata={"help": "Prompts decoded together."})
+    max_batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per scorer forward."})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch's default)."})
+    output_dir: str = field(default="outputs/experiments/prm_guided_hh", metadata={"help": "Output folder."})
+    resume: bool = field(default=True, metadata={"help": "Skip prompts already in records.jsonl; false: refuse a "
+                                                         "non-empty output_dir."})
+    summarize_only: bool = field(default=False, metadata={"help": "Only rebuild summary/plot from records.jsonl."})
+    bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the CIs."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.policy, dict):
+            self.policy = PolicyConfig(**self.policy)
+        if isinstance(self.sampling, dict):
+            self.sampling = SamplingParams(**self.sampling)
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown {bad}; choose from {METHODS}")
+        if not self.guides:
+            raise ValueError("guides: give at least one name -> reward model path")
+        if self.folds < 2 or len(self.gold_models) != self.folds:
+            raise ValueError(f"gold_models: need one RM per fold (folds={self.folds}, got {len(self.gold_models)}); "
+                             "folds must be >= 2 so every prompt has a gold RM that never saw it")
+        if min(self.n, self.max_new_tokens, self.prompts_per_fold, self.batch_size, self.args_k) < 1:
+            raise ValueError("n, max_new_tokens, prompts_per_fold, batch_size and args_k must be >= 1")
+        if "cards" in self.methods and self.calibration_prompts < 1:
+            raise ValueError("calibration_prompts must be >= 1 when cards runs (its thresholds are calibrated)")
+
+
+# -- prompts -------------------------------------------------------------------------------------------
+
+
+def select_prompts(cfg: PrmGuidedConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(reported, calibration) pair records; reported: ``prompts_per_fold`` per fold, deterministic."""
+    path = resolve_data(cfg.pairs_path, "pairs_path")
+    rows = read_records(path) if path.suffix == ".jsonl" else []
+    if not rows:
+        raise ValueError(f"pairs_path {path}: no records (expected jsonl rows with id, prompt, chosen, rejected)")
+    for i, r in enumerate(rows):
+        missing = [k for k in ("id", "prompt", "chosen", "rejected") if k not in r]
+        if missing:
+            raise ValueError(f"pairs_path {path}, row {i}: missing field(s) {missing}")
+    by_fold: dict[int, list[dict[str, Any]]] = {f: [] for f in range(cfg.folds)}
+    for r in rows:
+        by_fold[fold_of(r["id"], cfg.folds)].append({**r, "fold": fold_of(r["id"], cfg.folds)})
+    # Reported prompts come from the front of each fold's shuffle and calibration prompts from the back, so
+    # a later run with a larger prompts_per_fold extends the reported set and keeps the calibration set.
+    reported, tails = [], []
+    for f, items in by_fold.items():
+        random.Random(cfg.selection_seed + f).shuffle(items)
+        reported += items[: cfg.prompts_per_fold]
+        tails.append(items[cfg.prompts_per_fold:][::-1])
+    calibration = [t[i] for i in range(max(map(len, tails), default=0)) for t in tails if i < len(t)]
+    calibration = calibration[: cfg.calibration_prompts]
+    short = [f for f, items in by_fold.items() if len(items) < cfg.prompts_per_fold]
+    if short or len(calibration) < cfg.calibration_prompts:
+        raise ValueError(f"{path}: fold sizes {[len(v) for v in by_fold.values()]} cannot give prompts_per_fold = "
+                         f"{cfg.prompts_per_fold} reported prompts per fold plus {cfg.calibration_prompts} "
+                         "calibration prompts")
+    return reported, calibration
+
+
+# -- running -------------------------------------------------------------------------------------------
+
+
+def _load_rm(path: str, device: str) -> tuple[Any, Any, Any]:
+    from sp_prm.formatting import PrefixFormat
+    from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
+
+    tok = load_tokenizer(path)
+    model = load_reward_model(path, device=device, pad_token_id=tok.pad_token_id)
+    return model, tok, trained_prefix_format(model) or PrefixFormat()
+
+
+def gold_accuracy(cfg: PrmGuidedConfig, device: str = "cpu") -> list[dict[str, Any]]:
+    """Each gold RM's pairwise accuracy on the human labels of the folds it did not train on."""
+    from decoding.metrics.reward import rewards
+
+    rows = read_records(resolve_data(cfg.pairs_path, "pairs_path"))
+    out = []
+    for g, path in enumerate(cfg.gold_models):
+        model, tok, fmt_ = _load_rm(path, device)
+        judged = [r for r in rows if fold_of(r["id"], cfg.folds) != g]
+        chosen = rewards(model, tok, [r["prompt"] for r in judged], [r["chosen"] for r in judged], fmt_,
+                         max_batch_tokens=cfg.max_batch_tokens)
+        rejected = rewards(model, tok, [r["prompt"] for r in judged], [r["rejected"] for r in judged], fmt_,
+                           max_batch_tokens=cfg.max_batch_tokens)
+        correct = [float(a > b) for a, b in zip(chosen, rejected) if a is not None and b is not None]
+        out.append({"gold": path, "trained_on_fold": g, "pairs": len(correct),
+                    "accuracy": stat(correct, cfg.bootstrap_resamples)})
+    return out
+
+
+def _out(policy: Any, c: Any) -> dict[str, Any]:
+    return {"text": policy.decode(c.token_ids), "tokens": len(c.token_ids), "complete": c.complete}
+
+
+def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
+    """Decode every pending prompt into ``output_dir/records.jsonl``; the policy can be passed in (tests)."""
+    from decoding.args import args_decode
+    from decoding.beam_search import chunk_beam_search
+    from decoding.best_of_n import best_of_n
+    from decoding.cards import CardsParams, calibrate_thresholds, cards
+    from decoding.metrics.reward import rewards
+    from decoding.metrics.text import diversity
+
+    set_threads(cfg.threads)
+    reported, calibration = select_prompts(cfg)  # fails before anything is written
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(cfg, out, _FINGERPRINT)
+    path = out / "records.jsonl"
+    done = {r["id"] for r in read_records(path)}
+    data_cfg = DataConfig(prompt_field="prompt")
+    prompts = [to_prompt(r, i, data_cfg) for i, r in enumerate(reported)]
+    todo = [(r, p) for r, p in zip(reported, prompts) if r["id"] not in done]
+    gold_path = out / "gold_accuracy.json"
+    if not todo and gold_path.exists():
+        return path
+    meter = Meter()
+    policy = policy or build_policy(DecodeConfig(policy=cfg.policy), meter)
+    device = str(policy.device)
+    if not gold_path.exists():
+        atomic_write_text(gold_path, json.dumps(gold_accuracy(cfg, device), indent=1) + "\n")
+    if not todo:
+        return path
+    guides = {name: build_scorer(DecodeConfig(policy=cfg.policy, scorer=ScorerConfig(
+        name=f"rm:{p}", max_batch_tokens=cfg.max_batch_tokens)), policy, meter) for name, p in cfg.guides.items()}
+    # judge name -> one (model, tokenizer, format) per fold of the judged prompt
+    golds = [_load_rm(p, device) for p in cfg.gold_models]
+    judges = {"gold": [golds[(f + 1) % cfg.folds] for f in range(cfg.folds)]}
+    judges.update({f"guide:{name}": [(g.model, g.tokenizer, g.format)] * cfg.folds for name, g in guides.items()})
+    thresholds: dict[str, tuple[float, float]] = {}
+    if "cards" in cfg.methods:  # per guide, on prompts that are never reported
+        calib = [to_prompt(r, len(prompts) + i, data_cfg) for i, r in enumerate(calibration)]
+        for name, g in guides.items():
+            thresholds[name] = calibrate_thresholds(policy, g, calib, n=4, max_new_tokens=cfg.max_new_tokens,
+                                                    quantile=cfg.cards_quantile, seed=cfg.seed)
+    if embedder is None and cfg.coherence_model:
+        from decoding.metrics.coherence import Embedder
+
+        embedder = Embedder(cfg.coherence_model, device=device)
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(reported), initial=len(reported) - len(todo), desc="prm-guided", unit="prompt")
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = todo[start: start + cfg.batch_size]
+        batch = [p for _, p in chunk]
+        recs = {p.id: {"id": r["id"], "fold": r["fold"], "prompt": r["prompt"], "outputs": {}, "compute": {}}
+                for r, p in chunk}
+
+        def run_method(key: str, scorer: Any, fn: Any, *args: Any, batch=batch, recs=recs, **kw: Any) -> list[Any]:
+            """``fn(*args, **kw)`` with its compute counted under ``key`` for every prompt of the batch."""
+            m, sw = use_meter(Meter(), policy, scorer), Stopwatch()
+            with sw.time():
+                res = fn(*args, **kw)
+            for p in batch:
+                recs[p.id]["compute"][key] = {**m.for_group(p.index), "seconds": round(sw.seconds / len(batch), 4)}
+            return res
+
+        # Unguided reference: N samples drawn once (also Best-of-N's candidates), and greedy.
+        first = guides[next(iter(guides))]
+        samples = run_method("samples", first, best_of_n, policy, first, batch, cfg.n, cfg.sampling,
+                             cfg.max_new_tokens, cfg.seed)
+        for r in samples:
+            recs[r.prompt.id]["samples"] = [_out(policy, c) for c in r.candidates]
+        greedy = run_method("greedy", first, best_of_n, policy, first, batch, 1, SamplingParams(temperature=0.0),
+                            cfg.max_new_tokens, cfg.seed)
+        for r in greedy:
+            recs[r.prompt.id]["outputs"]["greedy"] = _out(policy, r.best_candidate)
+        parts = [[c.partial(policy) for c in r.candidates] for r in samples]
+        for name, g in guides.items():
+            if "bon" in cfg.methods:  # the shared samples ranked by this guide (compute: samples + this scoring)
+                scores = run_method(f"{name}/bon", g, g.score, [r.prompt for r in samples for _ in r.candidates],
+                                    [c for ps in parts for c in ps]).tolist()
+                for i, r in enumerate(samples):
+                    s = scores[i * cfg.n: (i + 1) * cfg.n]
+                    j = max(range(len(s)), key=lambda i: (s[i], -i))
+                    recs[r.prompt.id]["outputs"][f"{name}/bon"] = {**_out(policy, r.candidates[j]), "pick": j}
+            res: dict[str, list[Any]] = {}
+            if "args" in cfg.methods:
+                res["args"] = run_method(f"{name}/args", g, args_decode, policy, g, batch, k=cfg.args_k,
+                                         w=cfg.args_w, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+            if "cbs" in cfg.methods:
+                res["cbs"] = run_method(f"{name}/cbs", g, chunk_beam_search, policy, g, batch, cfg.cbs_beam_width,
+                                        cfg.cbs_successors, cfg.cbs_chunk_length, cfg.sampling, cfg.max_new_tokens,
+                                        cfg.seed)
+            if "cards" in cfg.methods:
+                cp = CardsParams(tau_u=cfg.cards_tau_u, r_start=thresholds[name][0], r_end=thresholds[name][1],
+                                 max_rejections=cfg.cards_max_rejections,
+                                 max_segment_tokens=cfg.cards_max_segment_tokens)
+                res["cards"] = run_method(f"{name}/cards", g, cards, policy, g, batch, cp, cfg.sampling,
+                                          cfg.max_new_tokens, seed=cfg.seed)
+            for method, results in res.items():
+                for r in results:
+                    recs[r.prompt.id]["outputs"][f"{name}/{method}"] = _out(policy, r.best_candidate)
+        # Judges: gold of the other fold, and every guide, on every output and sample (one pass per judge).
+        items = [(rec, o) for rec in recs.values() for o in [*rec["samples"], *rec["outputs"].values()]]
+        for judge, per_fold in judges.items():
+            for f in range(cfg.folds):
+                sel = [(rec, o) for rec, o in items if rec["fold"] == f]
+                if not sel:
+                    continue
+                model, tok, fmt_ = per_fold[f]
+                vals = rewards(model, tok, [rec["prompt"] for rec, _ in sel], [o["text"] for _, o in sel], fmt_,
+                               complete=[o["complete"] for _, o in sel], max_batch_tokens=cfg.max_batch_tokens)
+                for (_, o), v in zip(sel, vals):
+                    o[judge] = v
+        for _, o in items:
+            o["diversity"] = diversity(o["text"])
+        if embedder is not None:
+            from decoding.metrics.coherence import coherence
+
+            vals = coherence([rec["prompt"] for rec, _ in items], [o["text"] for _, o in items], embedder)
+            for (_, o), v in zip(items, vals):
+                o["coherence"] = v
+        append_records(path, [recs[p.id] for p in batch])
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return path
+
+
+# -- analysis ------------------------------------------------------------------------------------------
+
+
+def win_rate(value: float, references: list[float]) -> float:
+    """Share of ``references`` that ``value`` beats, ties counted half."""
+    return sum(1.0 if value > r else 0.5 if value == r else 0.0 for r in references) / len(references)
+
+
+def _pooled_std(records: list[dict[str, Any]], fold: int) -> float:
+    import statistics
+
+    vals = [s["gold"] for r in records if r["fold"] == fold for s in r["samples"] if s.get("gold") is not None]
+    return statistics.pstdev(vals) if len(vals) > 1 and statistics.pstdev(vals) > 0 else 1.0
+
+
+def per_prompt(rec: dict[str, Any], std: float) -> dict[str, dict[str, float | None]]:
+    """Per method (and the unguided references) this prompt's metrics."""
+    ref = [s["gold"] for s in rec["samples"] if s.get("gold") is not None]
+    mu = sum(ref) / len(ref) if ref else None
+
+    def metrics(o: dict[str, Any]) -> dict[str, float | None]:
+        g = o.get("gold")
+        ok = g is not None and mu is not None
+        return {"win_rate": win_rate(g, ref) if ok else None, "gold_z": (g - mu) / std if ok else None, "gold": g,
+                **{k: o.get(k) for k in ("diversity", "coherence")}, "tokens": float(o["tokens"]),
+                "complete": float(o["complete"]), **{k: o.get(k) for k in o if k.startswith("guide:")}}
+
+    out: dict[str, dict[str, float | None]] = {}
+    n = len(rec["samples"])
+    sample_metrics = [metrics(s) for s in rec["samples"]]
+    out["sample (expected)"] = {k: _mean([m[k] for m in sample_metrics]) for k in sample_metrics[0]}
+    golds = [s.get("gold") for s in rec["samples"]]
+    if any(x is not None for x in golds):
+        best = max((i for i in range(n) if golds[i] is not None), key=lambda i: (golds[i], -i))
+        out["gold-best of N (oracle)"] = metrics(rec["samples"][best])
+    for name, o in rec["outputs"].items():
+        out[name] = metrics(o)
+    return out
+
+
+def _mean(values: list[Any]) -> float | None:
+    v = [float(x) for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+METRICS = ("win_rate", "gold_z", "diversity", "coherence", "tokens", "complete")
+
+
+def summarize_records(records: list[dict[str, Any]], guides: list[str], resamples: int = 2000) -> dict[str, Any]:
+    """Per method: metrics with bootstrap CIs over prompts; paired differences of each guide to the first."""
+    stds = {f: _pooled_std(records, f) for f in {r["fold"] for r in records}}
+    picks = [per_prompt(r, stds[r["fold"]]) for r in records]
+    names = list(dict.fromkeys(k for p in picks for k in p))
+    keys = list(METRICS) + [f"guide:{g}" for g in guides]
+    methods = {}
+    for name in names:
+        rows = [p[name] for p in picks if name in p]
+        methods[name] = {k: stat([x.get(k) for x in rows], resamples) for k in keys}
+        methods[name]["prompts"] = len(rows)
+    paired: dict[str, dict[str, Any]] = {}
+    base = guides[0]
+    for g in guides[1:]:
+        for method in METHODS:
+            a, b = f"{base}/{method}", f"{g}/{method}"
+            both = [p for p in picks if a in p and b in p]
+            if both:
+                paired[f"{g} - {base}, {method}"] = {
+                    k: stat([p[b][k] - p[a][k] for p in both], resamples) for k in ("win_rate", "gold_z")}
+    compute: dict[str, dict[str, float]] = {}
+    for key in dict.fromkeys(k for r in records for k in r.get("compute", {})):
+        rows = [r["compute"][key] for r in records if key in r["compute"]]
+        fields = sorted({k for row in rows for k in row})
+        compute[key] = {"prompts": len(rows), **{f"{k}_per_prompt": sum(row.get(k, 0) for row in rows) / len(rows)
+                                                 for k in fields}}
+    return {"prompts": len(records), "folds": {str(f): sum(r["fold"] == f for r in records) for f in stds},
+            "gold_sample_std": {str(f): s for f, s in stds.items()}, "methods": methods, "paired": paired,
+            "compute": compute}
+
+
+def to_markdown(summary: dict[str, Any], cfg: PrmGuidedConfig, command: str) -> str:
+    guides = list(cfg.guides)
+    lines = ["# PRM-guided search on HH-RLHF prompts", "", f"Command: `{command}`", "",
+             f"Policy `{cfg.policy.model}`; prompts: {summary['prompts']} held-out HH-RLHF pairs' prompts "
+             f"({cfg.prompts_per_fold} per fold, folds by hashed pair id); T = {cfg.max_new_tokens} tokens; sampling "
+             f"temperature {cfg.sampling.temperature}, top-p {cfg.sampling.top_p}; seed {cfg.seed}. Guides: "
+             + ", ".join(f"{k} = `{v}`" for k, v in cfg.guides.items())
+             + f". BoN N = {cfg.n}; ARGS greedy k = {cfg.args_k}, w = {cfg.args_w}; CBS W = {cfg.cbs_beam_width}, "
+             f"K = {cfg.cbs_successors}, L = {cfg.cbs_chunk_length}; CARDS τ_u = {cfg.cards_tau_u}, segments <= "
+             f"{cfg.cards_max_segment_tokens} tokens, <= {cfg.cards_max_rejections} rejections, thresholds = the "
+             f"{cfg.cards_quantile} quantile of each guide's scores on {cfg.calibration_prompts} unreported prompts.",
+             "", "Gold: each prompt judged by the RM trained on the *other* fold's pairs. Win rate: share of the "
+             "prompt's N unguided samples the output beats under that gold RM (ties half; 0.5 = sampling). "
+             "gold z: (gold - mean of the N samples) / the fold's sample std. CIs: percentile bootstrap 95% over "
+             f"prompts ({cfg.bootstrap_resamples} resamples).", ""]
+    if "gold_accuracy" in summary:
+        rows = [[a["gold"], a["trained_on_fold"], a["pairs"], fmt(a["accuracy"], True)] for a in summary["gold_accuracy"]]
+        lines += ["Gold RMs, accuracy on the human labels of the pairs they did not train on:", "",
+                  markdown_table(["gold RM", "trained on fold", "judged pairs", "accuracy %"], rows), ""]
+    header = ["method", "win rate vs samples", "gold z", *[f"{g} score" for g in guides], "diversity", "coherence",
+              "tokens", "complete %"]
+    rows = []
+    for name, m in summary["methods"].items():
+        rows.append([name, fmt(m["win_rate"], True), fmt(m["gold_z"], digits=2),
+                     *[fmt(m[f"guide:{g}"], digits=2) for g in guides], fmt(m["diversity"], digits=2),
+                     fmt(m["coherence"], digits=2), f"{m['tokens']['mean']:.0f}",
+                     f"{100 * m['complete']['mean']:.0f}"])
+    lines += [markdown_table(header, rows), ""]
+    if summary["paired"]:
+        rows = [[k, fmt(v["win_rate"], True), fmt(v["gold_z"], digits=2)] for k, v in summary["paired"].items()]
+        lines += ["Paired differences on the same prompts (bold: the 95% CI excludes 0):", "",
+                  markdown_table(["comparison", "Δ win rate (pp)", "Δ gold z"], [
+                      [r[0], *[f"**{c}**" if _excludes_zero(v) else c
+                               for c, v in zip(r[1:], summary["paired"][r[0]].values())]] for r in rows]), ""]
+    crow = [[key, f"{c.get('policy_tokens_generated_per_prompt', 0):.0f}",
+             f"{c.get('policy_tokens_prefilled_per_prompt', 0):.0f}", f"{c.get('scorer_tokens_per_prompt', 0):.0f}",
+             f"{c.get('scorer_calls_per_prompt', 0):.0f}", f"{c.get('seconds_per_prompt', 0):.2f}"]
+            for key, c in summary["compute"].items()]
+    lines += ["Compute per prompt (`<guide>/bon` is the scoring of the shared `samples`; add both for BoN's total):",
+              "", markdown_table(["stage", "tokens generated", "policy prefill", "scorer tokens", "scorer calls",
+                                  "seconds"], crow), ""]
+    return "\n".join(lines)
+
+
+def _excludes_zero(s: dict[str, Any]) -> bool:
+    return s.get("ci_low") is not None and (s["ci_low"] > 0 or s["ci_high"] < 0)
+
+
+def plot(summary: dict[str, Any], cfg: PrmGuidedConfig, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    guides = list(cfg.guides)
+    methods = [m for m in METHODS if any(f"{g}/{m}" in summary["methods"] for g in guides)]
+    if not methods:
+        return False
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(methods) * len(guides) / 2, 3.8))
+    width = 0.8 / len(guides)
+    for gi, g in enumerate(guides):
+        xs, ys, lo, hi = [], [], [], []
+        for mi, m in enumerate(methods):
+            s = summary["methods"].get(f"{g}/{m}", {}).get("win_rate")
+            if s and s["mean"] is not None:
+                xs.append(mi + (gi - (len(guides) - 1) / 2) * width)
+                ys.append(100 * s["mean"])
+                lo.append(100 * (s["mean"] - s["ci_low"]))
+                hi.append(100 * (s["ci_high"] - s["mean"]))
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=g)
+    ax.axhline(50, color="gray", ls=":", lw=1, label="unguided sample")
+    oracle = summary["methods"].get("gold-best of N (oracle)", {}).get("win_rate")
+    if oracle and oracle["mean"] is not None:
+        ax.axhline(100 * oracle["mean"], color="g", ls=":", lw=1, label="gold-best of N")
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("gold win rate vs N samples (%)")
+    ax.set_title(f"Guided search, {summary['prompts']} HH prompts (95% bootstrap CIs)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_summary(cfg: PrmGuidedConfig, command: str) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    records = read_records(out / "records.jsonl")
+    if not records:
+        raise FileNotFoundError(f"no records in {out / 'records.jsonl'}; run the experiment first")
+    summary = summarize_records(records, list(cfg.guides), cfg.bootstrap_resamples)
+    if (out / "gold_accuracy.json").exists():
+        summary["gold_accuracy"] = json.loads((out / "gold_accuracy.json").read_text())
+    summary["command"] = command
+    summary["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(out / "summary.md", to_markdown(summary, cfg, command) + "\n")
+    plot(summary, cfg, out / "win_rate.png")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    experiment_main(PrmGuidedConfig, "decoding.experiments.prm_guided", run, write_summary, argv)
+
+
+if __name__ == "__main__":
+    main()
