@@ -17,6 +17,10 @@ The operations the searches need:
 * ``forward(backbone, tokens)`` -- feed each row its own (possibly empty) list
   of new tokens in one batched call; returns their hidden states.
 * ``rollback(keep)`` -- keep only the first ``keep[i]`` real tokens of row ``i``.
+* ``forward_tree(backbone, suffixes)`` -- feed row ``i`` *several alternative* short
+  continuations at once (a token tree of depth one): each continuation attends to the
+  row's tokens and to itself, never to its siblings. k candidates that extend one cached
+  prefix then cost one row of cache, not k copies of it.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ class KVState:
         cache = copy.copy(self.cache)
         # Shallow-copy the layers so that selecting leaves this state's tensors untouched.
         cache.layers = [copy.copy(layer) for layer in self.cache.layers]
-        if len(idx):
+        identity = len(idx) == len(self) and bool((idx == torch.arange(len(self))).all())
+        if len(idx) and not identity:  # the identity shares the tensors: later updates replace, never write in place
             cache.batch_select_indices(idx.to(self.mask.device))
         il = idx.tolist()
         return KVState(cache, self.mask[idx.to(self.mask.device)], [list(self.ids[i]) for i in il],
@@ -112,6 +117,64 @@ class KVState:
         for i, t in enumerate(tokens):
             self.ids[i].extend(int(x) for x in t)
         return out.last_hidden_state, new_mask
+
+    def forward_tree(
+        self, backbone: Callable[..., Any], suffixes: Sequence[Sequence[Sequence[int]]], pad_id: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, list[list[list[int]]]]:
+        """Feed row ``i`` the alternative continuations ``suffixes[i]`` (each a token list) in one call.
+
+        The continuations of a row are laid side by side in new columns; a 4D attention mask lets
+        each see the row's real tokens and its own earlier tokens only, and RoPE positions count
+        from the row's length, so each continuation's hidden states equal feeding it alone. Returns
+        ``(hidden [rows, Q, H], columns)`` where ``columns[i][j]`` are the cache columns (= indices
+        into ``hidden``'s second axis plus the old width) of ``suffixes[i][j]``. The row's mask
+        marks every new column real and ``ids`` are *not* extended: a caller picks one
+        continuation by building that row's mask itself (the siblings become holes).
+        """
+        if len(suffixes) != len(self):
+            raise ValueError(f"forward_tree got {len(suffixes)} suffix lists for {len(self)} rows")
+        device = self.mask.device
+        lens = [sum(len(s) for s in row) for row in suffixes]
+        Q = max(lens, default=0)
+        if Q == 0:
+            raise ValueError("forward_tree got no tokens")
+        W = self.width
+        new_ids = torch.full((len(self), Q), pad_id, dtype=torch.long)
+        offset = torch.zeros((len(self), Q), dtype=torch.long)  # position within its own continuation
+        branch = torch.full((len(self), Q), -1, dtype=torch.long)  # which continuation a column holds
+        columns: list[list[list[int]]] = []
+        for i, row in enumerate(suffixes):
+            at, cols = 0, []
+            for j, s in enumerate(row):
+                n = len(s)
+                if n:
+                    new_ids[i, at: at + n] = torch.as_tensor(list(s), dtype=torch.long)
+                    offset[i, at: at + n] = torch.arange(n)
+                    branch[i, at: at + n] = j
+                cols.append(list(range(W + at, W + at + n)))
+                at += n
+            columns.append(cols)
+        new_ids, offset, branch = new_ids.to(device), offset.to(device), branch.to(device)
+        real = branch >= 0
+        position_ids = self.mask.sum(1, keepdim=True) + offset
+        # query (i, a) may see key column (i, b) of the new block iff same continuation and b <= a
+        same = (branch[:, :, None] == branch[:, None, :]) & real[:, :, None]
+        causal = torch.ones((Q, Q), dtype=torch.bool, device=device).tril()
+        new_block = same & causal[None]
+        eye = torch.eye(Q, dtype=torch.bool, device=device)[None]
+        new_block = new_block | (eye & ~real[:, :, None])  # padding queries see themselves (no empty softmax)
+        old_block = (self.mask.bool()[:, None, :] & real[:, :, None]) if W else torch.zeros(
+            (len(self), Q, 0), dtype=torch.bool, device=device)
+        allowed = torch.cat([old_block, new_block], dim=2)
+        mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        out = backbone(
+            input_ids=new_ids, attention_mask=mask4d[:, None], position_ids=position_ids,
+            past_key_values=self.cache, use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.mask = torch.cat([self.mask, real.long()], dim=1)
+        return out.last_hidden_state, columns
 
     def rollback(self, keep: Sequence[int]) -> None:
         """Keep the first ``keep[i]`` real tokens of row ``i``: later ones become holes."""

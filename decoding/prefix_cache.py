@@ -16,6 +16,12 @@ N candidates of a fresh prompt cost one prompt pass plus N responses. Every
 forward is batched over all sequences (chunked by a token budget, sorted by
 length). Values of reused positions are read back from the kept rows, so the
 result equals an uncached computation (``enabled=False``) up to float noise.
+
+Siblings (reward kind): sequences that extend the same kept sequence by a few tokens
+(ARGS' k candidates, CBS/CARDS successors) are fed as one *token tree* on a single row
+(``KVState.forward_tree``) instead of k forked copies of the row: the prefix's cache is
+neither copied k times nor attended k times, and the tree is kept as it is, so whichever
+sibling the search continues is the next call's source.
 """
 
 from __future__ import annotations
@@ -40,18 +46,28 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class _Kept:
-    """One chunk's state from the last call plus the per-position values of its rows."""
+    """One forward's state from the last call plus the per-position values of its sequences.
 
-    def __init__(self, state: KVState, values: list[torch.Tensor]) -> None:
+    Usually sequence ``v`` is physical row ``v`` of ``state``. After a tree forward
+    (:meth:`KVState.forward_tree`) several sequences share one physical row: ``phys[v]`` is
+    that row and ``masks[v]`` the columns sequence ``v`` consists of (its siblings' columns are
+    holes for it).
+    """
+
+    def __init__(self, state: KVState, values: list[torch.Tensor], phys: list[int] | None = None,
+                 masks: list[torch.Tensor] | None = None, ids: list[list[int]] | None = None) -> None:
         self.state = state
         self.values = values
-        width = max((len(r) for r in state.ids), default=0)
-        self.matrix = np.full((len(state.ids), width), -1, dtype=np.int64)
-        for i, r in enumerate(state.ids):
+        self.phys = list(range(len(state.ids))) if phys is None else phys
+        self.masks = masks
+        self.ids = state.ids if ids is None else ids
+        width = max((len(r) for r in self.ids), default=0)
+        self.matrix = np.full((len(self.ids), width), -1, dtype=np.int64)
+        for i, r in enumerate(self.ids):
             self.matrix[i, : len(r)] = r
 
     def best(self, seq: Sequence[int]) -> tuple[int, int]:
-        """(row, common prefix length) of the row sharing the longest prefix with ``seq``."""
+        """(sequence, common prefix length) of the kept sequence sharing the longest prefix with ``seq``."""
         if self.matrix.size == 0:
             return -1, 0
         n = min(len(seq), self.matrix.shape[1])
@@ -59,6 +75,14 @@ class _Kept:
         lcp = np.cumprod(eq, axis=1).sum(1)
         row = int(lcp.argmax())
         return row, int(lcp[row])
+
+    def source(self, seqs: Sequence[int]) -> KVState:
+        """A new state whose row ``r`` holds kept sequence ``seqs[r]`` (this one is left untouched)."""
+        state = self.state.select([self.phys[v] for v in seqs])
+        if self.masks is not None:
+            state.mask = torch.stack([self.masks[v] for v in seqs])
+            state.ids = [list(self.ids[v]) for v in seqs]
+        return state
 
 
 class PrefixCache:
@@ -73,6 +97,8 @@ class PrefixCache:
         max_batch_tokens: budget of cached + new columns times rows per forward.
         max_batch_size: rows per forward.
         enabled: ``False`` recomputes every sequence from scratch (the reference path).
+        tree_max_suffix: reward kind: sequences adding at most this many tokens to a kept sequence
+            are fed as a token tree on their source's row (0: always fork rows).
         meter / counter name: where fed tokens are counted, per group.
     """
 
@@ -88,6 +114,7 @@ class PrefixCache:
         meter: Meter | None = None,
         counter: str = "scorer_tokens",
         device: torch.device | str = "cpu",
+        tree_max_suffix: int = 32,
     ) -> None:
         if kind not in ("reward", "logprob"):
             raise ValueError(f"kind must be reward or logprob, got {kind!r}")
@@ -98,6 +125,7 @@ class PrefixCache:
         self.meter = meter or Meter()
         self.counter = counter
         self.device = device
+        self.tree_max_suffix = tree_max_suffix if kind == "reward" else 0
         self.kept: list[_Kept] = []
         self.forward_passes = 0
         self.tokens_fed = 0
@@ -160,8 +188,15 @@ class PrefixCache:
             if keep <= 0:
                 ki, row, keep = -1, -1, 0
             plans.append((ki, row, keep))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+        new_kept: list[_Kept] = []
+        tree = [j for j in range(len(seqs)) if plans[j][0] >= 0 and len(seqs[j]) - plans[j][2] <= self.tree_max_suffix
+                and kept[plans[j][0]].state.compactable()]
+        if tree:
+            self._run_tree(seqs, groups, kept, plans, tree, out, new_kept)
+        rest = sorted(set(range(len(seqs))) - set(tree))
         # 2. Chunks: sequences from the same source, sorted by new length, under the token budget.
-        order = sorted(range(len(seqs)), key=lambda j: (plans[j][0], -(len(seqs[j]) - plans[j][2])))
+        order = sorted(rest, key=lambda j: (plans[j][0], -(len(seqs[j]) - plans[j][2])))
         chunks: list[list[int]] = []
         for j in order:
             if chunks:
@@ -173,12 +208,10 @@ class PrefixCache:
                     head.append(j)
                     continue
             chunks.append([j])
-        out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
-        new_kept: list[_Kept] = []
         for chunk in chunks:
             ki = plans[chunk[0]][0]
             if ki >= 0:
-                state = kept[ki].state.select([plans[j][1] for j in chunk])
+                state = kept[ki].source([plans[j][1] for j in chunk])
                 state.groups = [groups[j] for j in chunk]
                 state.rollback([plans[j][2] for j in chunk])
                 state.compact()
@@ -210,6 +243,63 @@ class PrefixCache:
                 chunk_values.append(vals)
             new_kept.append(_Kept(state, chunk_values))
         return out, new_kept
+
+    def _run_tree(
+        self, seqs: list[list[int]], groups: list[int], kept: list[_Kept], plans: list[tuple[int, int, int]],
+        todo: list[int], out: list[torch.Tensor], new_kept: list[_Kept],
+    ) -> None:
+        """Sibling sequences as token trees: one row per source sequence, its extensions side by side."""
+        dtype = next(iter(self.backbone.parameters())).dtype if hasattr(self.backbone, "parameters") else torch.float32
+        by_source: dict[tuple[int, int], list[int]] = {}
+        for j in todo:
+            by_source.setdefault(plans[j][:2], []).append(j)
+        sources = sorted(by_source)
+        chunks: list[list[tuple[int, int]]] = []
+        for src in sources:  # same kept entry per chunk, rows x (cached + new) columns under the budget
+            q = sum(len(seqs[j]) for j in by_source[src])
+            if chunks:
+                head = chunks[-1]
+                width = kept[src[0]].state.width + max(q, *(sum(len(seqs[j]) for j in by_source[s]) for s in head))
+                if head[0][0] == src[0] and len(head) < self.max_batch_size and \
+                        (len(head) + 1) * width <= self.max_batch_tokens:
+                    head.append(src)
+                    continue
+            chunks.append([src])
+        for chunk in chunks:
+            ki = chunk[0][0]
+            state = kept[ki].source([v for _, v in chunk])
+            members = [by_source[src] for src in chunk]
+            base = [min(plans[j][2] for j in js) for js in members]  # tokens of the source kept by every sibling
+            state.groups = [groups[js[0]] for js in members]
+            state.rollback(base)
+            state.compact()
+            width = state.width
+            base_mask = state.mask.clone()
+            suffixes = [[seqs[j][b:] for j in js] for js, b in zip(members, base)]
+            hidden, columns = state.forward_tree(self.backbone, suffixes, self.pad_id, dtype)
+            self.forward_passes += 1
+            fed = [len(x) for row in suffixes for x in row]
+            self.tokens_fed += sum(fed)
+            self.meter.add(self.counter, [groups[j] for js in members for j in js], fed)
+            rows_h = torch.cat([hidden[r, torch.as_tensor(columns[r][i], dtype=torch.long) - width]
+                                for r, js in enumerate(members) for i in range(len(js))])
+            new_vals = self.head(rows_h).float().reshape(-1).cpu()
+            values, phys, masks, ids, at = [], [], [], [], 0
+            for r, (src, js, b) in enumerate(zip(chunk, members, base)):
+                old = kept[ki].values[src[1]][:b]
+                for i, j in enumerate(js):
+                    n = len(columns[r][i])
+                    vals = torch.cat([old, new_vals[at: at + n]])
+                    at += n
+                    out[j] = vals
+                    m = torch.zeros(state.width, dtype=base_mask.dtype, device=base_mask.device)
+                    m[:width] = base_mask[r]
+                    m[columns[r][i]] = 1
+                    values.append(vals)
+                    phys.append(r)
+                    masks.append(m)
+                    ids.append(list(seqs[j]))
+            new_kept.append(_Kept(state, values, phys, masks, ids))
 
     def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, slice_rows: int = 256) -> torch.Tensor:
         """log-softmax of the head at each hidden state, gathered at the next token; sliced to bound memory."""
