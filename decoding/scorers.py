@@ -32,6 +32,7 @@ a prefix is the sum of its steps' increments) and its default aggregation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -91,6 +92,7 @@ class RewardModelScorer:
         self.rm = RewardScorer(model, pad_token_id=pad, max_batch_tokens=max_batch_tokens,
                                max_batch_size=max_batch_size)
         self.causal = self.rm.causal
+        self._warned_unknown = False
         self.prefix_cache: PrefixCache | None = None
         if self.causal and cache:
             inner = unwrap(model)
@@ -102,23 +104,42 @@ class RewardModelScorer:
 
     def sequence(self, prompt: Prompt, partial: Partial) -> list[int]:
         """The RM's ids for one (prompt, partial response), as in training."""
+        return self._sequence(prompt, partial)[0]
+
+    def _sequence(self, prompt: Prompt, partial: Partial) -> tuple[list[int], bool]:
+        """(ids, whether the response has text but not one token the RM's tokenizer knows)."""
         enc = encode(self.tokenizer, prompt.messages, partial.text, self.format)
+        unknown = False
         if partial.text.strip():
             unk = getattr(self.tokenizer, "unk_token_id", None)
-            if not enc.content_ids or (unk is not None and all(t == unk for t in enc.content_ids)):
-                raise ValueError(
-                    f"record {prompt.id!r}: the reward model's tokenizer cannot encode the response "
-                    f"(no known tokens in {partial.text[:60]!r})"
-                )
+            unknown = not enc.content_ids or (unk is not None and all(t == unk for t in enc.content_ids))
         # A complete response carries the end marker (if the format uses one); a partial never does.
-        return enc.sequence(end_marker=partial.complete)
+        return enc.sequence(end_marker=partial.complete), unknown
+
+    def _check_encodable(self, prompts: Sequence[Prompt], partials: Sequence[Partial], unknown: list[bool]) -> None:
+        """Every response unencodable: the RM cannot read this language (error). Some: degenerate samples such
+        as one 200-letter 'word' that WordPiece maps to [UNK], scored as encoded (a warning, once)."""
+        bad = [i for i, u in enumerate(unknown) if u]
+        if not bad:
+            return
+        i = bad[0]
+        what = (f"record {prompts[i].id!r}: the reward model's tokenizer cannot encode the response "
+                f"(no known tokens in {partials[i].text[:60]!r})")
+        if len(bad) == len(unknown):
+            raise ValueError(what)
+        if not self._warned_unknown:
+            self._warned_unknown = True
+            warnings.warn(f"{what}; {len(bad)} of {len(unknown)} responses in this call are scored as unknown "
+                          "tokens (warned once per scorer)", stacklevel=3)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> torch.Tensor:
         _check_lengths(prompts, partials)
         if not partials:
             return torch.empty(0)
-        seqs = [self.sequence(p, r) for p, r in zip(prompts, partials)]
+        seqs, unknown = zip(*(self._sequence(p, r) for p, r in zip(prompts, partials)))
+        seqs = list(seqs)
+        self._check_encodable(prompts, partials, list(unknown))
         groups = [p.index for p in prompts]
         self.meter.add("scorer_calls", sorted(set(groups)))
         if self.prefix_cache is not None:

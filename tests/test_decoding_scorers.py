@@ -126,8 +126,13 @@ def test_encoder_rm_scores_and_rejects_unencodable(tiny_bert_rm, minilm_tokenize
         for r, v in zip(parts, got):
             ids = encode(minilm_tokenizer, PROMPTS[0].messages, r.text, PrefixFormat()).sequence(end_marker=r.complete)
             assert v.item() == pytest.approx(tiny_bert_rm(input_ids=torch.tensor([ids])).logits[0, 0].item(), abs=1e-5)
-    with pytest.raises(ValueError, match="'a'.*cannot encode"):
-        scorer.score(PROMPTS[:1], [Partial("\U0001F600\U0001F680 \U0001F9E0", complete=True)])
+    emoji = Partial("\U0001F600\U0001F680 \U0001F9E0", complete=True)
+    with pytest.raises(ValueError, match="'a'.*cannot encode"):  # every response unreadable: the wrong RM
+        scorer.score(PROMPTS[:1], [emoji])
+    # one degenerate sample among readable ones (a search must not die on it): scored as [UNK]s, warned once
+    with pytest.warns(UserWarning, match="1 of 2 responses"):
+        mixed = scorer.score(PROMPTS[:1] * 2, [parts[0], emoji])
+    assert mixed[0].item() == pytest.approx(got[0].item(), abs=1e-5) and torch.isfinite(mixed[1])
 
 
 def test_genrm_is_yes_minus_no(policy, tiny_llama_lm, smollm_tokenizer):

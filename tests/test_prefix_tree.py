@@ -49,7 +49,7 @@ def test_prefix_cache_trees_equal_uncached_over_many_calls(tiny_llama_rm, tree_m
     rng = random.Random(0)
     chosen = [[3, 8, 20, 41, 77, 90], [3, 8, 21, 5]]  # two prompts (groups)
     passes = []
-    for step in range(12):
+    for _ in range(12):
         seqs, groups = [], []
         for g, base in enumerate(chosen):
             for _ in range(4):  # k = 4 siblings of 1-3 tokens; sometimes the last base token is re-tokenized

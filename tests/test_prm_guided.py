@@ -67,7 +67,8 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"row 0: missing field\(s\) \['rejected'\]"):
         pg.select_prompts(pg.PrmGuidedConfig(pairs_path=str(bad)))
     with pytest.raises(ValueError, match="one RM per fold"):
-        pg.PrmGuidedConfig(gold_models=["only-one"])
+        pg.PrmGuidedConfig(gold_models=["a", "b", "c"])
+    assert pg.PrmGuidedConfig(gold_models=["external"]).gold_models == ["external"]  # one RM trained elsewhere
     with pytest.raises(ValueError, match="unknown"):
         pg.PrmGuidedConfig(methods=["bon", "mcts"])
 
@@ -108,13 +109,15 @@ def policy(tiny_llama_lm, smollm_tokenizer):
     return Policy(tiny_llama_lm, smollm_tokenizer)
 
 
-def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm_dir, tiny_bert_rm_dir):
+@pytest.mark.parametrize("external", [False, True])
+def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm_dir, tiny_bert_rm_dir, external):
     pairs = _pairs_file(tmp_path, 3)
     out = tmp_path / "out"
-    # a decoder guide and an encoder guide; the gold of fold 0 is the encoder, of fold 1 the decoder
+    # a decoder guide and an encoder guide; cross-fitted: the gold of fold 0 is the encoder, of fold 1 the
+    # decoder; external: the decoder judges everything
+    gold = f"[{tiny_llama_rm_dir}]" if external else f"[{tiny_bert_rm_dir}, {tiny_llama_rm_dir}]"
     argv = ["--config", str(RECIPE), "--pairs_path", str(pairs), "--output_dir", str(out),
-            "--guides", f"{{orm: {tiny_bert_rm_dir}, sp-prm: {tiny_llama_rm_dir}}}",
-            "--gold_models", f"[{tiny_bert_rm_dir}, {tiny_llama_rm_dir}]",
+            "--guides", f"{{orm: {tiny_bert_rm_dir}, sp-prm: {tiny_llama_rm_dir}}}", "--gold_models", gold,
             "--prompts_per_fold", "1", "--calibration_prompts", "1", "--n", "4", "--max_new_tokens", "6",
             "--args_k", "3", "--cbs_beam_width", "2", "--cbs_successors", "2", "--cbs_chunk_length", "3",
             "--cards_max_segment_tokens", "3", "--coherence_model", "null", "--progress", "false",
@@ -133,8 +136,8 @@ def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm
         assert set(r["compute"]) == {"samples", "greedy"} | {f"{g}/{m}" for g in ("orm", "sp-prm")
                                                              for m in pg.METHODS}
         assert r["compute"]["samples"]["policy_tokens_generated"] == sum(s["tokens"] for s in r["samples"])
-        # the gold of the *other* fold judged this prompt: recompute it independently
-        model, tok = golds[cfg.gold_models[1 - r["fold"]]]
+        # the gold of the *other* fold (or the external one) judged this prompt: recompute it independently
+        model, tok = golds[cfg.gold_models[0 if external else 1 - r["fold"]]]
         outs = [*r["samples"], *r["outputs"].values()]
         want = rewards(model, tok, [r["prompt"]] * len(outs), [o["text"] for o in outs], PrefixFormat(),
                        complete=[o["complete"] for o in outs])
@@ -147,7 +150,8 @@ def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm
             assert r["outputs"][f"{g}/bon"]["text"] == r["samples"][pick]["text"]
             assert r["outputs"][f"{g}/args"]["tokens"] <= 6 and r["outputs"][f"{g}/cbs"]["tokens"] <= 6
     acc = json.loads((out / "gold_accuracy.json").read_text())
-    assert [(a["trained_on_fold"], a["pairs"]) for a in acc] == [(0, 3), (1, 3)]  # judged on the other fold
+    want_acc = [(None, 6)] if external else [(0, 3), (1, 3)]  # cross-fitted: judged on the other fold only
+    assert [(a["trained_on_fold"], a["pairs"]) for a in acc] == want_acc
     pg.run(cfg, policy=policy)  # resume: nothing left to do
     assert read_records(out / "records.jsonl") == recs
     s = pg.write_summary(cfg, "cmd")

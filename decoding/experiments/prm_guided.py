@@ -87,7 +87,9 @@ class PrmGuidedConfig:
         metadata={"help": "Guide name -> reward model path; the first is the baseline of the paired differences."})
     gold_models: list[str] = field(
         default_factory=lambda: ["outputs/exp-hh/seed0/gold0", "outputs/exp-hh/seed0/gold1"],
-        metadata={"help": "gold_models[f]: an RM trained on fold f's pairs only (fold_of); judges the other fold."})
+        metadata={"help": "gold_models[f]: an RM trained on fold f's pairs only (fold_of); judges the other fold. "
+                          "One path instead: an external gold RM (trained elsewhere, on none of these pairs) "
+                          "judges every prompt."})
     folds: int = field(default=2, metadata={"help": "Folds of pairs_path (= len(gold_models))."})
     prompts_per_fold: int = field(default=20, metadata={"help": "Reported prompts drawn from each fold."})
     calibration_prompts: int = field(default=4, metadata={
@@ -129,9 +131,9 @@ class PrmGuidedConfig:
             raise ValueError(f"methods: unknown {bad}; choose from {METHODS}")
         if not self.guides:
             raise ValueError("guides: give at least one name -> reward model path")
-        if self.folds < 2 or len(self.gold_models) != self.folds:
-            raise ValueError(f"gold_models: need one RM per fold (folds={self.folds}, got {len(self.gold_models)}); "
-                             "folds must be >= 2 so every prompt has a gold RM that never saw it")
+        if self.folds < 2 or len(self.gold_models) not in (1, self.folds):
+            raise ValueError(f"gold_models: need one RM per fold (folds={self.folds}, got {len(self.gold_models)}) "
+                             "or one external RM; folds must be >= 2 so every prompt has a gold RM that never saw it")
         if min(self.n, self.max_new_tokens, self.prompts_per_fold, self.batch_size, self.args_k) < 1:
             raise ValueError("n, max_new_tokens, prompts_per_fold, batch_size and args_k must be >= 1")
         if "cards" in self.methods and self.calibration_prompts < 1:
@@ -191,13 +193,14 @@ def gold_accuracy(cfg: PrmGuidedConfig, device: str = "cpu") -> list[dict[str, A
     out = []
     for g, path in enumerate(cfg.gold_models):
         model, tok, fmt_ = _load_rm(path, device)
-        judged = [r for r in rows if fold_of(r["id"], cfg.folds) != g]
+        external = len(cfg.gold_models) == 1
+        judged = [r for r in rows if external or fold_of(r["id"], cfg.folds) != g]
         chosen = rewards(model, tok, [r["prompt"] for r in judged], [r["chosen"] for r in judged], fmt_,
                          max_batch_tokens=cfg.max_batch_tokens)
         rejected = rewards(model, tok, [r["prompt"] for r in judged], [r["rejected"] for r in judged], fmt_,
                            max_batch_tokens=cfg.max_batch_tokens)
         correct = [float(a > b) for a, b in zip(chosen, rejected) if a is not None and b is not None]
-        out.append({"gold": path, "trained_on_fold": g, "pairs": len(correct),
+        out.append({"gold": path, "trained_on_fold": None if external else g, "pairs": len(correct),
                     "accuracy": stat(correct, cfg.bootstrap_resamples)})
     return out
 
@@ -239,7 +242,7 @@ def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
         name=f"rm:{p}", max_batch_tokens=cfg.max_batch_tokens)), policy, meter) for name, p in cfg.guides.items()}
     # judge name -> one (model, tokenizer, format) per fold of the judged prompt
     golds = [_load_rm(p, device) for p in cfg.gold_models]
-    judges = {"gold": [golds[(f + 1) % cfg.folds] for f in range(cfg.folds)]}
+    judges = {"gold": [golds[(f + 1) % len(golds)] for f in range(cfg.folds)]}  # one external gold: golds[0]
     judges.update({f"guide:{name}": [(g.model, g.tokenizer, g.format)] * cfg.folds for name, g in guides.items()})
     thresholds: dict[str, tuple[float, float]] = {}
     if "cards" in cfg.methods:  # per guide, on prompts that are never reported
@@ -430,7 +433,8 @@ def to_markdown(summary: dict[str, Any], cfg: PrmGuidedConfig, command: str) -> 
              "gold z: (gold - mean of the N samples) / the fold's sample std. CIs: percentile bootstrap 95% over "
              f"prompts ({cfg.bootstrap_resamples} resamples).", ""]
     if "gold_accuracy" in summary:
-        rows = [[a["gold"], a["trained_on_fold"], a["pairs"], fmt(a["accuracy"], True)] for a in summary["gold_accuracy"]]
+        rows = [[a["gold"], "external" if a["trained_on_fold"] is None else a["trained_on_fold"], a["pairs"],
+                 fmt(a["accuracy"], True)] for a in summary["gold_accuracy"]]
         lines += ["Gold RMs, accuracy on the human labels of the pairs they did not train on:", "",
                   markdown_table(["gold RM", "trained on fold", "judged pairs", "accuracy %"], rows), ""]
     header = ["method", "win rate vs samples", "gold z", *[f"{g} score" for g in guides], "diversity", "coherence",
