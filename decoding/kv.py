@@ -26,12 +26,36 @@ The operations the searches need:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+_TORCH_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+@contextmanager
+def _masked_gqa(device: torch.device) -> Iterator[None]:
+    """Let transformers' SDPA read grouped K/V heads directly under a custom mask, on a CPU.
+
+    With a mask and several query tokens, transformers copies every K/V head ``num_key_value_groups``
+    times (``repeat_kv``) unless ``TRANSFORMERS_SDPA_FORCE_GQA`` is set; a token tree would then pay
+    for that copy of the whole prefix in every layer. torch's CPU kernel takes the mask with
+    ``enable_gqa`` (exact; 2.6x faster on a 400-token row here). On CUDA a mask with GQA falls back to
+    the math kernel, so there the default stays. Older transformers ignore the variable.
+    """
+    if device.type != "cpu" or not _TORCH_GQA or "TRANSFORMERS_SDPA_FORCE_GQA" in os.environ:
+        yield
+        return
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
 
 
 class KVState:
@@ -168,10 +192,11 @@ class KVState:
             (len(self), Q, 0), dtype=torch.bool, device=device)
         allowed = torch.cat([old_block, new_block], dim=2)
         mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
-        out = backbone(
-            input_ids=new_ids, attention_mask=mask4d[:, None], position_ids=position_ids,
-            past_key_values=self.cache, use_cache=True,
-        )
+        with _masked_gqa(torch.device(device)):
+            out = backbone(
+                input_ids=new_ids, attention_mask=mask4d[:, None], position_ids=position_ids,
+                past_key_values=self.cache, use_cache=True,
+            )
         self.cache = out.past_key_values
         self.mask = torch.cat([self.mask, real.long()], dim=1)
         return out.last_hidden_state, columns
