@@ -253,13 +253,14 @@ class PrefixCache:
         by_source: dict[tuple[int, int], list[int]] = {}
         for j in todo:
             by_source.setdefault(plans[j][:2], []).append(j)
-        sources = sorted(by_source)
+        # the source row keeps the tokens all its siblings share; its new columns are their suffixes past that
+        base_of = {src: min(plans[j][2] for j in js) for src, js in by_source.items()}
+        new_cols = {src: sum(len(seqs[j]) - base_of[src] for j in js) for src, js in by_source.items()}
         chunks: list[list[tuple[int, int]]] = []
-        for src in sources:  # same kept entry per chunk, rows x (cached + new) columns under the budget
-            q = sum(len(seqs[j]) for j in by_source[src])
+        for src in sorted(by_source):  # same kept entry per chunk, rows x (cached + new) columns under the budget
             if chunks:
                 head = chunks[-1]
-                width = kept[src[0]].state.width + max(q, *(sum(len(seqs[j]) for j in by_source[s]) for s in head))
+                width = kept[src[0]].state.width + max(new_cols[s] for s in [*head, src])
                 if head[0][0] == src[0] and len(head) < self.max_batch_size and \
                         (len(head) + 1) * width <= self.max_batch_tokens:
                     head.append(src)
@@ -269,7 +270,7 @@ class PrefixCache:
             ki = chunk[0][0]
             state = kept[ki].source([v for _, v in chunk])
             members = [by_source[src] for src in chunk]
-            base = [min(plans[j][2] for j in js) for js in members]  # tokens of the source kept by every sibling
+            base = [base_of[src] for src in chunk]
             state.groups = [groups[js[0]] for js in members]
             state.rollback(base)
             state.compact()
