@@ -41,11 +41,11 @@ def rewards_alone(rm, seqs):
         return [rm.score(full_hidden(rm, s)).float().reshape(-1) for s in seqs]
 
 
-@pytest.mark.parametrize("tree_max_suffix", [32, 0])
-def test_prefix_cache_trees_equal_uncached_over_many_calls(tiny_llama_rm, tree_max_suffix):
+@pytest.mark.parametrize(("tree_max_suffix", "budget"), [(32, 16384), (0, 16384), (32, 40)])
+def test_prefix_cache_trees_equal_uncached_over_many_calls(tiny_llama_rm, tree_max_suffix, budget):
     inner = tiny_llama_rm
     cache = PrefixCache(inner.model, lambda h: inner.score(h).squeeze(-1), kind="reward",
-                        tree_max_suffix=tree_max_suffix)
+                        tree_max_suffix=tree_max_suffix, max_batch_tokens=budget)
     rng = random.Random(0)
     chosen = [[3, 8, 20, 41, 77, 90], [3, 8, 21, 5]]  # two prompts (groups)
     passes = []
@@ -63,8 +63,10 @@ def test_prefix_cache_trees_equal_uncached_over_many_calls(tiny_llama_rm, tree_m
             torch.testing.assert_close(v, ref, atol=1e-4, rtol=0)
         # continue from a sibling that is not the last one: its siblings become holes in the middle
         chosen = [seqs[4 * g + rng.randrange(4)] for g in range(2)]
-    if tree_max_suffix:
+    if tree_max_suffix and budget > 1000:
         assert passes[1:] == [1] * 11  # one tree forward per call for both prompts and all siblings
+    if budget < 1000:
+        assert max(passes[1:]) >= 2  # a small budget splits the trees into several forwards
     # a CBS-like call: 2 beams x 3 successors of 6 tokens, then a brand-new sequence (no source)
     seqs = [c + [rng.randrange(1, 400) for _ in range(6)] for c in chosen for _ in range(3)] + [[9, 9, 9]]
     got = cache.values(seqs, [0, 0, 0, 1, 1, 1, 2])
