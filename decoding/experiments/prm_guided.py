@@ -386,6 +386,10 @@ def _mean(values: list[Any]) -> float | None:
 METRICS = ("win_rate", "gold_z", "diversity", "coherence", "tokens", "complete")
 
 
+def _diff(b: float | None, a: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
 def summarize_records(records: list[dict[str, Any]], guides: list[str], resamples: int = 2000) -> dict[str, Any]:
     """Per method: metrics with bootstrap CIs over prompts; paired differences of each guide to the first."""
     stds = {f: _pooled_std(records, f) for f in {r["fold"] for r in records}}
@@ -405,7 +409,8 @@ def summarize_records(records: list[dict[str, Any]], guides: list[str], resample
             both = [p for p in picks if a in p and b in p]
             if both:
                 paired[f"{g} - {base}, {method}"] = {
-                    k: stat([p[b][k] - p[a][k] for p in both], resamples) for k in ("win_rate", "gold_z")}
+                    k: stat([_diff(p[b].get(k), p[a].get(k)) for p in both], resamples)
+                    for k in ("win_rate", "gold_z", *(f"guide:{h}" for h in guides))}
     compute: dict[str, dict[str, float]] = {}
     for key in dict.fromkeys(k for r in records for k in r.get("compute", {})):
         rows = [r["compute"][key] for r in records if key in r["compute"]]
@@ -447,11 +452,15 @@ def to_markdown(summary: dict[str, Any], cfg: PrmGuidedConfig, command: str) -> 
                      f"{100 * m['complete']['mean']:.0f}"])
     lines += [markdown_table(header, rows), ""]
     if summary["paired"]:
-        rows = [[k, fmt(v["win_rate"], True), fmt(v["gold_z"], digits=2)] for k, v in summary["paired"].items()]
-        lines += ["Paired differences on the same prompts (bold: the 95% CI excludes 0):", "",
-                  markdown_table(["comparison", "Δ win rate (pp)", "Δ gold z"], [
-                      [r[0], *[f"**{c}**" if _excludes_zero(v) else c
-                               for c, v in zip(r[1:], summary["paired"][r[0]].values())]] for r in rows]), ""]
+        keys = ["win_rate", "gold_z", *(f"guide:{g}" for g in guides)]
+        rows = []
+        for name, v in summary["paired"].items():
+            cells = [fmt(v[k], True) if k == "win_rate" else fmt(v.get(k), digits=2) for k in keys]
+            rows.append([name, *[f"**{c}**" if _excludes_zero(v.get(k) or {}) else c for c, k in zip(cells, keys)]])
+        lines += ["Paired differences on the same prompts (bold: the 95% CI excludes 0); the guide-score columns "
+                  "ask each guide which guided output it prefers:", "",
+                  markdown_table(["comparison", "Δ win rate (pp)", "Δ gold z", *[f"Δ {g} score" for g in guides]],
+                                 rows), ""]
     crow = [[key, f"{c.get('policy_tokens_generated_per_prompt', 0):.0f}",
              f"{c.get('policy_tokens_prefilled_per_prompt', 0):.0f}", f"{c.get('scorer_tokens_per_prompt', 0):.0f}",
              f"{c.get('scorer_calls_per_prompt', 0):.0f}", f"{c.get('seconds_per_prompt', 0):.2f}"]
