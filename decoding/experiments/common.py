@@ -182,23 +182,51 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> 
 def write_summary_files(
     cfg: Any,
     command: str,
-    summarize_records: Callable[..., dict[str, Any]],
+    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]],
     to_markdown: Callable[[dict[str, Any], Any, str], str],
-    plot: Callable[..., Any],
+    plot: Callable[[dict[str, Any], Path], Any],
     plot_name: str,
 ) -> dict[str, Any]:
-    """Summarize ``output_dir/records.jsonl`` into ``summary.json``, ``summary.md`` and a plot (atomically)."""
+    """Summarize ``output_dir/records.jsonl`` into ``summary.json``, ``summary.md`` and a plot (atomically).
+
+    ``summarize(records)`` builds the summary; ``plot(summary, path)`` draws it.
+    """
     out = Path(cfg.output_dir)
     records = read_records(out / "records.jsonl")
     if not records:
         raise FileNotFoundError(f"no records in {out / 'records.jsonl'}; run the experiment first")
-    summary = summarize_records(records, cfg.lams, cfg.bootstrap_resamples)
+    summary = summarize(records)
     summary["command"] = command
     summary["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
     atomic_write_text(out / "summary.md", to_markdown(summary, cfg, command) + "\n")
-    plot(summary, cfg.lams, out / plot_name)
+    plot(summary, out / plot_name)
     return summary
+
+
+def load_judge_rm(path: str, device: str, dtype: str = "float32") -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, prefix format)`` of a reward model that judges outputs (its training format)."""
+    from sp_prm.formatting import PrefixFormat
+    from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
+
+    tok = load_tokenizer(path)
+    model = load_reward_model(path, dtype=dtype, device=device, pad_token_id=tok.pad_token_id)
+    return model, tok, trained_prefix_format(model) or PrefixFormat()
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """How an experiment runs (shared by every experiment config; their own fields follow)."""
+
+    max_batch_tokens: int = dataclasses.field(default=16384, metadata={"help": "Padded tokens per forward."})
+    threads: int | None = dataclasses.field(default=None,
+                                            metadata={"help": "torch CPU threads (null: torch's default)."})
+    resume: bool = dataclasses.field(default=True, metadata={
+        "help": "Skip records already in records.jsonl; false: refuse a non-empty output_dir."})
+    summarize_only: bool = dataclasses.field(
+        default=False, metadata={"help": "Only rebuild summary/plot from records.jsonl."})
+    bootstrap_resamples: int = dataclasses.field(default=2000, metadata={"help": "Bootstrap resamples of the CIs."})
+    progress: bool = dataclasses.field(default=True, metadata={"help": "Show a progress bar."})
 
 
 def experiment_main(

@@ -39,6 +39,7 @@ from typing import Any
 
 from decoding.decode import DecodeConfig, PolicyConfig, build_policy
 from decoding.experiments.common import (
+    RunOptions,
     Stopwatch,
     append_records,
     atomic_savefig,
@@ -64,7 +65,7 @@ _FINGERPRINT = ("policy", "data_dir", "seed", "include_end", "options_in_prompt"
 
 
 @dataclass
-class PrefEvalChoiceConfig:
+class PrefEvalChoiceConfig(RunOptions):
     """REAR on PrefEval implicit choice: option log-likelihoods with and without the revealing conversation."""
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -81,14 +82,7 @@ class PrefEvalChoiceConfig:
     options_in_prompt: bool = field(default=False, metadata={
         "help": "Also list the four options (A-D) under the question in both contexts; false: plain question."})
     batch_size: int = field(default=8, metadata={"help": "Items scored together."})
-    max_batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per forward."})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch's default)."})
     output_dir: str = field(default="outputs/experiments/prefeval_choice_smollm2", metadata={"help": "Output folder."})
-    resume: bool = field(default=True, metadata={"help": "Skip items already in records.jsonl; false: refuse a "
-                                                         "non-empty output_dir."})
-    summarize_only: bool = field(default=False, metadata={"help": "Only rebuild summary/plot from records.jsonl."})
-    bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the CIs."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
@@ -316,7 +310,9 @@ def plot(summary: dict[str, Any], lams: list[float], path: Path) -> None:
 
 
 def write_summary(cfg: PrefEvalChoiceConfig, command: str) -> dict[str, Any]:
-    return write_summary_files(cfg, command, summarize_records, to_markdown, plot, "accuracy_vs_lambda.png")
+    return write_summary_files(cfg, command, lambda recs: summarize_records(recs, cfg.lams, cfg.bootstrap_resamples),
+                               to_markdown, lambda summary, path: plot(summary, cfg.lams, path),
+                               "accuracy_vs_lambda.png")
 
 
 def main(argv: list[str] | None = None) -> None:

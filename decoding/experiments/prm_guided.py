@@ -34,7 +34,6 @@ differences) and ``win_rate.png``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import random
@@ -44,6 +43,7 @@ from typing import Any
 
 from decoding.decode import DecodeConfig, PolicyConfig, ScorerConfig, build_policy, build_scorer
 from decoding.experiments.common import (
+    RunOptions,
     Stopwatch,
     append_records,
     atomic_savefig,
@@ -51,12 +51,14 @@ from decoding.experiments.common import (
     claim_output_dir,
     experiment_main,
     fmt,
+    load_judge_rm,
     markdown_table,
     read_records,
     resolve_data,
     set_threads,
     stat,
     use_meter,
+    write_summary_files,
 )
 from decoding.policy import SamplingParams
 from decoding.prompts import DataConfig, to_prompt
@@ -75,7 +77,7 @@ def fold_of(pair_id: str, folds: int = 2) -> int:
 
 
 @dataclass
-class PrmGuidedConfig:
+class PrmGuidedConfig(RunOptions):
     """PRM-guided Best-of-N / ARGS / CBS / CARDS with several guides, judged by cross-fitted gold RMs."""
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -112,14 +114,7 @@ class PrmGuidedConfig:
     coherence_model: str | None = field(default="builtin:all-minilm-l6-v2",
                                         metadata={"help": "Embedder of the coherence proxy; null: skip."})
     batch_size: int = field(default=4, metadata={"help": "Prompts decoded together."})
-    max_batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per scorer forward."})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch's default)."})
     output_dir: str = field(default="outputs/experiments/prm_guided_hh", metadata={"help": "Output folder."})
-    resume: bool = field(default=True, metadata={"help": "Skip prompts already in records.jsonl; false: refuse a "
-                                                         "non-empty output_dir."})
-    summarize_only: bool = field(default=False, metadata={"help": "Only rebuild summary/plot from records.jsonl."})
-    bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the CIs."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
@@ -176,15 +171,6 @@ def select_prompts(cfg: PrmGuidedConfig) -> tuple[list[dict[str, Any]], list[dic
 # -- running -------------------------------------------------------------------------------------------
 
 
-def _load_rm(path: str, device: str) -> tuple[Any, Any, Any]:
-    from sp_prm.formatting import PrefixFormat
-    from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
-
-    tok = load_tokenizer(path)
-    model = load_reward_model(path, device=device, pad_token_id=tok.pad_token_id)
-    return model, tok, trained_prefix_format(model) or PrefixFormat()
-
-
 def gold_accuracy(cfg: PrmGuidedConfig, device: str = "cpu") -> list[dict[str, Any]]:
     """Each gold RM's pairwise accuracy on the human labels of the folds it did not train on."""
     from decoding.metrics.reward import rewards
@@ -192,7 +178,7 @@ def gold_accuracy(cfg: PrmGuidedConfig, device: str = "cpu") -> list[dict[str, A
     rows = read_records(resolve_data(cfg.pairs_path, "pairs_path"))
     out = []
     for g, path in enumerate(cfg.gold_models):
-        model, tok, fmt_ = _load_rm(path, device)
+        model, tok, fmt_ = load_judge_rm(path, device)
         external = len(cfg.gold_models) == 1
         judged = [r for r in rows if external or fold_of(r["id"], cfg.folds) != g]
         chosen = rewards(model, tok, [r["prompt"] for r in judged], [r["chosen"] for r in judged], fmt_,
@@ -241,7 +227,7 @@ def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
     guides = {name: build_scorer(DecodeConfig(policy=cfg.policy, scorer=ScorerConfig(
         name=f"rm:{p}", max_batch_tokens=cfg.max_batch_tokens)), policy, meter) for name, p in cfg.guides.items()}
     # judge name -> one (model, tokenizer, format) per fold of the judged prompt
-    golds = [_load_rm(p, device) for p in cfg.gold_models]
+    golds = [load_judge_rm(p, device) for p in cfg.gold_models]
     judges = {"gold": [golds[(f + 1) % len(golds)] for f in range(cfg.folds)]}  # one external gold: golds[0]
     judges.update({f"guide:{name}": [(g.model, g.tokenizer, g.format)] * cfg.folds for name, g in guides.items()})
     thresholds: dict[str, tuple[float, float]] = {}
@@ -350,7 +336,8 @@ def _pooled_std(records: list[dict[str, Any]], fold: int) -> float:
     import statistics
 
     vals = [s["gold"] for r in records if r["fold"] == fold for s in r["samples"] if s.get("gold") is not None]
-    return statistics.pstdev(vals) if len(vals) > 1 and statistics.pstdev(vals) > 0 else 1.0
+    std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+    return std if std > 0 else 1.0
 
 
 def per_prompt(rec: dict[str, Any], std: float) -> dict[str, dict[str, float | None]]:
@@ -513,19 +500,16 @@ def plot(summary: dict[str, Any], cfg: PrmGuidedConfig, path: Path) -> bool:
 
 
 def write_summary(cfg: PrmGuidedConfig, command: str) -> dict[str, Any]:
-    out = Path(cfg.output_dir)
-    records = read_records(out / "records.jsonl")
-    if not records:
-        raise FileNotFoundError(f"no records in {out / 'records.jsonl'}; run the experiment first")
-    summary = summarize_records(records, list(cfg.guides), cfg.bootstrap_resamples)
-    if (out / "gold_accuracy.json").exists():
-        summary["gold_accuracy"] = json.loads((out / "gold_accuracy.json").read_text())
-    summary["command"] = command
-    summary["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str) + "\n")
-    atomic_write_text(out / "summary.md", to_markdown(summary, cfg, command) + "\n")
-    plot(summary, cfg, out / "win_rate.png")
-    return summary
+    gold = Path(cfg.output_dir) / "gold_accuracy.json"
+
+    def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+        summary = summarize_records(records, list(cfg.guides), cfg.bootstrap_resamples)
+        if gold.exists():
+            summary["gold_accuracy"] = json.loads(gold.read_text())
+        return summary
+
+    return write_summary_files(cfg, command, summarize, to_markdown,
+                               lambda summary, path: plot(summary, cfg, path), "win_rate.png")
 
 
 def main(argv: list[str] | None = None) -> None:

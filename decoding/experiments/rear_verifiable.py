@@ -44,6 +44,7 @@ from typing import Any
 
 from decoding.decode import DecodeConfig, PolicyConfig, SearchConfig, build_policy
 from decoding.experiments.common import (
+    RunOptions,
     Stopwatch,
     append_records,
     atomic_savefig,
@@ -51,6 +52,7 @@ from decoding.experiments.common import (
     experiment_main,
     fmt,
     lam_label,
+    load_judge_rm,
     markdown_table,
     read_records,
     resolve_data,
@@ -74,7 +76,7 @@ _FINGERPRINT = ("policy", "sampling", "data_path", "preferences", "preference_as
 
 
 @dataclass
-class RearVerifiableConfig:
+class RearVerifiableConfig(RunOptions):
     """REAR on verifiable preferences: greedy, Best-of-N with a REAR lambda sweep, DVTS with REAR, BoN with GenRM."""
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -110,14 +112,7 @@ class RearVerifiableConfig:
                                                                       "trained on HH-RLHF pairs); null: skip."})
     reward_dtype: str = field(default="float32", metadata={"help": "Reward model dtype."})
     batch_size: int = field(default=2, metadata={"help": "Prompts decoded together."})
-    max_batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per scorer forward."})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch's default)."})
     output_dir: str = field(default="outputs/experiments/rear_verifiable_smollm2", metadata={"help": "Output folder."})
-    resume: bool = field(default=True, metadata={"help": "Skip prompts already in records.jsonl; false: refuse a "
-                                                         "non-empty output_dir."})
-    summarize_only: bool = field(default=False, metadata={"help": "Only rebuild summary/plot from records.jsonl."})
-    bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the CIs."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
@@ -205,15 +200,7 @@ def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> 
         from decoding.metrics.coherence import Embedder
 
         embedder = Embedder(cfg.coherence_model, device=str(policy.device))
-    rm = None
-    if cfg.reward_model:
-        from sp_prm.formatting import PrefixFormat
-        from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
-
-        rm_tok = load_tokenizer(cfg.reward_model)
-        rm_model = load_reward_model(cfg.reward_model, dtype=cfg.reward_dtype, device=str(policy.device),
-                                     pad_token_id=rm_tok.pad_token_id)
-        rm = (rm_model, rm_tok, trained_prefix_format(rm_model) or PrefixFormat())
+    rm = load_judge_rm(cfg.reward_model, str(policy.device), cfg.reward_dtype) if cfg.reward_model else None
     kw = dict(max_batch_tokens=cfg.max_batch_tokens)
     greedy_scorer = RearScorer(policy, 1.0, **kw)  # lambda = 1 reuses the sampling log-probs: no extra pass
     genrm = GenRMScorer(policy, **kw) if "genrm" in cfg.methods else None
@@ -491,7 +478,9 @@ def plot(summary: dict[str, Any], lams: list[float], path: Path, split: str = "t
 
 
 def write_summary(cfg: RearVerifiableConfig, command: str) -> dict[str, Any]:
-    return write_summary_files(cfg, command, summarize_records, to_markdown, plot, "satisfaction_vs_lambda.png")
+    return write_summary_files(cfg, command, lambda recs: summarize_records(recs, cfg.lams, cfg.bootstrap_resamples),
+                               to_markdown, lambda summary, path: plot(summary, cfg.lams, path),
+                               "satisfaction_vs_lambda.png")
 
 
 def main(argv: list[str] | None = None) -> None:
