@@ -190,8 +190,9 @@ class PrefixCache:
             plans.append((ki, row, keep))
         out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
         new_kept: list[_Kept] = []
+        treeable = [k.state.compactable() for k in kept] if self.tree_max_suffix else []
         tree = [j for j in range(len(seqs)) if plans[j][0] >= 0 and len(seqs[j]) - plans[j][2] <= self.tree_max_suffix
-                and kept[plans[j][0]].state.compactable()]
+                and treeable[plans[j][0]]]
         if tree:
             self._run_tree(seqs, groups, kept, plans, tree, out, new_kept)
         rest = sorted(set(range(len(seqs))) - set(tree))
