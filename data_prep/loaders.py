@@ -20,15 +20,20 @@ folder written by ``Dataset.save_to_disk``, ``builtin:hh-rlhf-sample`` (the
 sample shipped with the package), or a hub dataset id (``name`` or
 ``name:config``) loaded with ``datasets.load_dataset``.
 
-Rows that cannot be used (empty, non-string, identical chosen/rejected,
-unparseable transcripts) are skipped and counted by reason, never silently.
+Rows that cannot be used (a missing key or null, empty, non-string, identical
+chosen/rejected, unparseable transcripts) are skipped and counted by reason, never
+silently. A jsonl line that is not one UTF-8 JSON object is an error naming
+``file:line`` and the reason, or with ``on_bad_rows='skip'`` a skip counted as
+``bad_json_line``.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +41,19 @@ from typing import Any
 
 from datasets import Dataset, load_dataset, load_from_disk
 
+from sp_prm.errors import ConfigError, InputError, MissingPathError
+
 SAMPLES = Path(__file__).parent / "samples"
 BUILTIN_SOURCES = {"builtin:hh-rlhf-sample": SAMPLES / "hh_rlhf_harmless_sample.jsonl.gz"}
 TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 
+ON_BAD_ROWS = ("error", "skip")
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ASSISTANT = "\n\nAssistant:"
 
 
-class ColumnError(KeyError):
-    """A column the loader needs is missing."""
-
-    def __str__(self) -> str:  # KeyError repr-quotes its message otherwise
-        return str(self.args[0])
+class ColumnError(InputError, KeyError):
+    """A column the loader needs is missing (InputError's __str__ keeps KeyError from repr-quoting it)."""
 
 
 @dataclass
@@ -110,30 +115,119 @@ def _prompt_messages(value: Any) -> list[dict[str, str]] | None:
     return None
 
 
-def read_table(source: str, split: str = "train", data_dir: str | None = None) -> Dataset:
-    """Load a source into a ``datasets.Dataset`` (see the module docstring)."""
+def bad_json_lines(path: Path) -> list[tuple[int, str]]:
+    """``(1-based line, reason)`` of every line of a jsonl file that is not one UTF-8 JSON object."""
+    bad = []
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad.append((number, f"not UTF-8: byte {raw[err.start]:#04x} at column {err.start + 1}"))
+                continue
+            text = text.rstrip("\r\n")
+            if not text.strip():
+                continue  # blank lines are allowed (the datasets json reader skips them too)
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as err:
+                truncated = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated")
+                early = " (the line ends early: truncated?)" if truncated else ""
+                bad.append((number, f"invalid JSON: {err.msg.removesuffix(' at')} at column {err.colno}{early}"))
+                continue
+            if not isinstance(value, dict):
+                bad.append((number, f"expected a JSON object, got {type(value).__name__}"))
+    return bad
+
+
+def read_json_file(path: Path, on_bad_rows: str = "error", skipped: Counter | None = None) -> Dataset:
+    """One json / jsonl file into a Dataset; a bad jsonl line is reported as ``file:line: reason``.
+
+    ``on_bad_rows='skip'`` drops bad lines instead and counts them in ``skipped['bad_json_line']``.
+    The file is checked line by line before ``datasets`` reads it: its json reader reports a bad line
+    as a chained pyarrow error with a 0-based row and often the wrong reason, and a non-UTF-8 byte as a
+    bare UnicodeDecodeError naming neither file nor line.
+    """
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ConfigError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    if path.name.lower().removesuffix(".gz").endswith(".json"):
+        # One JSON document (an array, or a single object); anything else is read as JSON Lines below.
+        try:
+            with opener(path, "rb") as f:
+                text = f.read().decode("utf-8")
+            json.loads(text)
+            return load_dataset("json", data_files=str(path), split="train")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path}: not UTF-8: byte {err.object[err.start]:#04x} at offset {err.start}") from None
+        except json.JSONDecodeError as err:
+            if text.lstrip().startswith("["):
+                raise InputError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    bad = bad_json_lines(path)
+    if bad and on_bad_rows == "error":
+        line, reason = bad[0]
+        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+        raise InputError(f"{path}:{line}: {reason}{more}",
+                         hint="fix the line, or pass --on_bad_rows skip to skip and count bad lines")
+    if not bad:
+        return load_dataset("json", data_files=str(path), split="train")
+    if skipped is not None:
+        skipped["bad_json_line"] += len(bad)
+    drop = {line for line, _ in bad}
+    with tempfile.TemporaryDirectory(prefix="sp-prm-jsonl-") as tmp:
+        clean = Path(tmp) / "clean.jsonl"
+        with opener(path, "rb") as f, open(clean, "wb") as out:
+            for number, raw in enumerate(f, start=1):
+                if number not in drop:
+                    out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        # keep_in_memory: the temporary file is gone once we return
+        return load_dataset("json", data_files=str(clean), split="train", keep_in_memory=True)
+
+
+def _looks_like_path(source: str) -> bool:
+    """A name that can only be a local path (hub ids are ``name`` or ``owner/name``)."""
+    first = source.split("/", 1)[0]
+    return (source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+            or ("/" in source and Path(first).is_dir()))
+
+
+def read_table(source: str, split: str = "train", data_dir: str | None = None, on_bad_rows: str = "error",
+               skipped: Counter | None = None) -> Dataset:
+    """Load a source into a ``datasets.Dataset`` (see the module docstring).
+
+    Bad jsonl lines raise an error naming ``file:line`` or, with ``on_bad_rows='skip'``, are counted in
+    ``skipped``.
+    """
     if source in BUILTIN_SOURCES:
         source = str(BUILTIN_SOURCES[source])
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
             return load_from_disk(str(path))
-        raise FileNotFoundError(f"{source} is a folder but not a saved datasets.Dataset")
+        raise InputError(f"{source} is a folder but not a saved datasets.Dataset",
+                         hint="pass a jsonl/json/csv/parquet file, or a folder written by Dataset.save_to_disk")
     if path.exists():
         name = path.name.lower().removesuffix(".gz")
         if name.endswith((".jsonl", ".json")):
-            builder = "json"
-        elif name.endswith(".csv"):
+            return read_json_file(path, on_bad_rows, skipped)
+        if name.endswith(".csv"):
             builder = "csv"
         elif name.endswith(".parquet"):
             builder = "parquet"
         else:
-            raise ValueError(f"{source}: unknown file type (expected .jsonl, .json, .csv or .parquet)")
+            raise InputError(f"{source}: unknown file type (expected .jsonl, .json, .csv or .parquet)")
         return load_dataset(builder, data_files=str(path), split="train")
-    if path.suffix.lower() in {".jsonl", ".json", ".csv", ".parquet", ".gz"} or source.startswith((".", "/")):
-        raise FileNotFoundError(f"no such file: {source}")
+    if path.suffix.lower() in {".jsonl", ".json", ".csv", ".parquet", ".gz"} or _looks_like_path(source):
+        raise MissingPathError(f"no such file or folder: {source}", hint="check the path (it is not a hub dataset id)")
     name, _, config = source.partition(":")
-    return load_dataset(name, config or None, data_dir=data_dir, split=split)
+    try:
+        return load_dataset(name, config or None, data_dir=data_dir, split=split)
+    except (ConnectionError, FileNotFoundError) as err:  # datasets' DatasetNotFoundError is a FileNotFoundError
+        raise MissingPathError(
+            f"{source}: no such local file or folder, and no hub dataset of that name could be loaded ({err})",
+            hint="check the path; for a hub dataset check the name and the connection (HF_ENDPOINT, HF_HUB_OFFLINE)",
+        ) from err
 
 
 def require_columns(table: Dataset, needed: dict[str, str], source: str) -> None:
@@ -141,8 +235,8 @@ def require_columns(table: Dataset, needed: dict[str, str], source: str) -> None
     for role, column in needed.items():
         if column not in present:
             raise ColumnError(
-                f"{source}: column {column!r} (for {role}) not found; columns present: {present}. "
-                f"Map it with --columns.{role} <name>"
+                f"{source}: column {column!r} (for {role}) not found; columns present: {present}",
+                hint=f"map it with --columns.{role} <name>",
             )
 
 
@@ -174,14 +268,17 @@ def load_preferences(
     subset: str = "all",
     eval_fraction: float = 0.2,
     data_dir: str | None = None,
+    on_bad_rows: str = "error",
 ) -> tuple[Dataset, LoadReport]:
     """Load and normalise preference pairs; returns the dataset and a report of what was skipped.
 
     ``subset`` = ``train`` / ``eval`` keeps one side of a deterministic split by
     hashed pair id (``eval_fraction`` held out), so training and evaluation
-    never share a pair whatever tool loads them.
+    never share a pair whatever tool loads them. ``on_bad_rows='skip'`` skips (and counts as
+    ``bad_json_line``) jsonl lines that are not JSON objects; ``error`` names the first one.
     """
-    table = read_table(source, split, data_dir)
+    report = LoadReport()
+    table = read_table(source, split, data_dir, on_bad_rows, report.skipped)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     if format == "auto":
@@ -192,13 +289,15 @@ def load_preferences(
             format = "chat-pairs" if len(table) and isinstance(table[0]["chosen"], list) else "hh-rlhf"
         else:
             format = "pairs"
-    report = LoadReport()
     rows: dict[str, list] = {"id": [], "prompt": [], "chosen": [], "rejected": []}
 
     def add(index: int, prompt: Any, chosen: Any, rejected: Any, given_id: Any = None) -> None:
         messages = _prompt_messages(prompt)
         chosen, rejected = _final_assistant(chosen), _final_assistant(rejected)
-        if messages is None:
+        if prompt is None or chosen is None or rejected is None:
+            # json rows without the key (or with null) read as None: name it, not as a wrong type
+            report.skipped["missing_key"] += 1
+        elif messages is None:
             report.skipped["bad_prompt"] += 1
         elif not isinstance(chosen, str) or not isinstance(rejected, str):
             report.skipped["non_string_response"] += 1
@@ -218,6 +317,9 @@ def load_preferences(
         for i, row in enumerate(table):
             report.rows_read += 1
             chosen, rejected = row[mapping["chosen"]], row[mapping["rejected"]]
+            if chosen is None or rejected is None:
+                report.skipped["missing_key"] += 1
+                continue
             if not isinstance(chosen, str) or not isinstance(rejected, str):
                 report.skipped["non_string_response"] += 1
                 continue

@@ -85,6 +85,10 @@ class PrepareConfig:
     split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
     data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
+    on_bad_rows: str = field(
+        default="error",
+        metadata={"help": "A jsonl line that is not a JSON object: error (names file:line) or skip (counted)."},
+    )
     subset: str = field(
         default="all",
         metadata={"help": "all, or train / eval: one side of a deterministic split by hashed pair id."},
@@ -136,6 +140,8 @@ class PrepareConfig:
             raise ValueError(f"sst_k must be >= 0, got {self.sst_k}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
         if self.weight_normalize not in ("none", "mean"):
             raise ValueError(f"weight_normalize must be 'none' or 'mean', got {self.weight_normalize!r}")
 
@@ -152,6 +158,10 @@ def fingerprint(config: PrepareConfig) -> str:
     params = asdict(config)
     for key in ("output_dir", "overwrite", "chunk_size", "reference_device", "reference_batch_tokens"):
         params.pop(key)
+    # Fields added later count only when set away from their default, so earlier outputs keep their fingerprint.
+    for key, default in (("on_bad_rows", "error"),):
+        if params.get(key) == default:
+            params.pop(key)
     params["source_signature"] = _source_signature(config.source)
     params["version"] = __version__
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -333,7 +343,7 @@ def prepare(config: PrepareConfig) -> Path:
     started = time.time()
 
     pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
-                                     config.subset, config.eval_fraction, config.data_dir)
+                                     config.subset, config.eval_fraction, config.data_dir, config.on_bad_rows)
     if len(pairs) == 0:
         raise ValueError(f"{config.source}: no usable preference pairs (loader report: {report.to_dict()})")
     preparer = Preparer(config)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
+
+from sp_prm.errors import UserError
 
 # subcommand -> (module with a main(argv) function, one-line description)
 COMMANDS = {
@@ -17,14 +20,30 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: sp-prm <command> --config recipe.yaml [--key value ...]", "", "commands:"]
+    lines = ["usage: sp-prm [--debug] <command> --config recipe.yaml [--key value ...]", "", "commands:"]
     lines += [f"  {name:<12} {desc}" for name, (_, desc) in COMMANDS.items()]
-    lines += ["", "`sp-prm <command> --help` lists every option with its help text."]
+    lines += ["", "`sp-prm <command> --help` lists every option with its help text.",
+              "--debug (anywhere) prints the traceback of a user error too."]
     return "\n".join(lines)
+
+
+def report_user_error(name: str, err: UserError, debug: bool) -> int:
+    """Print a user error as one to three lines (the traceback only with ``--debug``); returns exit code 2."""
+    if debug:
+        traceback.print_exception(err)
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    print(f"sp-prm {name}: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+    if not debug:
+        print("  (--debug shows the traceback)", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         raise SystemExit(0 if argv else 2)
@@ -32,9 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"sp-prm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(COMMANDS[name][0])
-    module.main(rest)
-
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        module.main(rest)
+    except UserError as err:  # anything else is a bug: it keeps its traceback
+        raise SystemExit(report_user_error(name, err, debug)) from None
 
 if __name__ == "__main__":
     main()

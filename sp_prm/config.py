@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from sp_prm.errors import ConfigError, MissingPathError, UnknownKeyError, UserError
+
 T = TypeVar("T")
 
 
@@ -37,21 +39,31 @@ def _nested_type(cls: type, name: str) -> type | None:
 def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     """Instantiate a dataclass from a dict, recursing into nested dataclass fields."""
     if not isinstance(values, dict):
-        raise TypeError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: expected a mapping of keys, got "
+                          f"{type(values).__name__} {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     aliases: dict[str, str] = getattr(cls, "key_aliases", lambda: {})()
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         key = aliases.get(key, key)
         if key not in fields:
-            raise KeyError(
-                f"unknown config key {where + key!r} for {cls.__name__}; known keys: {sorted(fields)}"
+            raise UnknownKeyError(
+                f"unknown config key {where + key!r} for {cls.__name__}",
+                hint=f"known keys{' under ' + where.rstrip('.') if where else ''}: {', '.join(sorted(fields))}",
             )
         nested = _nested_type(cls, key)
         if nested is not None and isinstance(value, dict):
             value = build(nested, value, where=f"{where}{key}.")
         kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as err:
+        # The dataclasses validate in __post_init__ with plain ValueErrors (search.n must be >= 1, ...):
+        # all of them are configuration errors the user fixes in the recipe or on the command line.
+        section = f" (in {where.rstrip('.')})" if where else ""
+        raise ConfigError(f"{err}{section}") from err
 
 
 def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
@@ -59,7 +71,7 @@ def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
     for part in parts[:-1]:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
-            raise ValueError(f"--{key}: {part} is not a mapping")
+            raise ConfigError(f"--{key}: {part} is not a mapping")
     target[parts[-1]] = value
 
 
@@ -71,7 +83,7 @@ def parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
-            raise ValueError(f"expected --key value, got {arg!r}")
+            raise ConfigError(f"expected --key value, got {arg!r}", hint="options are written --key value or --key=value")
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
@@ -84,7 +96,12 @@ def parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
         if key == "config":
             config_path = value
         else:
-            _set_dotted(overrides, key, yaml.safe_load(value))
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--{key} {value!r}: not a YAML value ({getattr(err, 'problem', err)})",
+                                  hint="quote strings that contain ':', '{' or '['") from None
+            _set_dotted(overrides, key, parsed)
     return config_path, overrides
 
 
@@ -107,11 +124,37 @@ def load_config(cls: type[T], argv: Sequence[str] | None = None) -> T:
     config_path, overrides = parse_overrides(argv)
     values: dict[str, Any] = {}
     if config_path:
-        path = Path(config_path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file not found: {config_path}")
-        values = yaml.safe_load(path.read_text()) or {}
-    return build(cls, _merge(values, overrides))
+        values = read_recipe(config_path)
+    try:
+        return build(cls, _merge(values, overrides))
+    except ConfigError as err:
+        if config_path:
+            err.message = f"{err.message} [recipe {config_path} + command-line overrides]"
+        raise
+
+
+def read_recipe(config_path: str) -> dict[str, Any]:
+    """A YAML recipe as a mapping; a missing file or a YAML error names the file, line and column."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise MissingPathError(f"config file not found: {config_path}", hint="check the --config path")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{config_path}:{mark.line + 1}:{mark.column + 1}" if mark else config_path
+        raise ConfigError(f"{where}: invalid YAML: {err.problem}" + (f" ({err.context})" if err.context else ""),
+                          hint="fix the recipe at that line (indentation, quoting, ':' inside a value)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config_path}: invalid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{config_path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_path}: a recipe is a mapping of keys, got {type(values).__name__}")
+    return values
 
 
 def describe(cls: type, prefix: str = "") -> str:

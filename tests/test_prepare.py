@@ -167,8 +167,10 @@ def test_cli_with_recipe_and_overrides(tmp_path, tiny_llama_rm_dir, capsys):
     card = json.loads((tmp_path / "cli" / "card.json").read_text())
     assert card["config"]["truncation"] == "tlt" and card["config"]["prefix"]["max_prompt_tokens"] == 64
     assert card["config"]["prefix"]["max_response_tokens"] == 16
-    with pytest.raises(KeyError, match="unknown config key 'sst_kk'"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # a user error: a short message, exit code 2
         main(["prepare", "--config", str(recipe), "--sst_kk", "3"])
+    assert exit_info.value.code == 2 and "unknown config key 'sst_kk'" in capsys.readouterr().err
 
 
 def test_drop_past_end_and_full_pair(tmp_path, tiny_llama_rm_dir):

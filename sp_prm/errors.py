@@ -1,0 +1,54 @@
+"""Errors a user can act on: bad config, bad input, a missing path, an unreachable service.
+
+``sp-prm`` (:func:`sp_prm.cli.main`) catches :class:`UserError` once and prints its
+message (what went wrong, where: file, line, column or key, and what to do) in one
+to three lines with exit code 2; ``--debug`` shows the traceback too. Any other
+exception is a bug and keeps its traceback.
+
+Each class also derives from the builtin exception it refines (``ValueError``,
+``FileNotFoundError``, ...), so code and tests that catch those keep working.
+This module imports nothing from the project: every layer (``data_prep``,
+``sp_prm``, ``decoding``) may raise these.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user can fix; ``hint`` says how (printed on its own line)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+class ConfigError(UserError, ValueError):
+    """A recipe or ``--key value`` override is malformed or out of range."""
+
+
+class UnknownKeyError(ConfigError, KeyError):
+    """A config key that no field has (a typo in a recipe never passes silently)."""
+
+
+class InputError(UserError, ValueError):
+    """Input data cannot be used as given (a bad jsonl line, a missing column, no usable rows)."""
+
+
+class MissingPathError(UserError, FileNotFoundError):
+    """A file, folder or model that was named does not exist."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output is there already, or another run is writing it."""
+
+
+class ServiceError(UserError, ConnectionError):
+    """A service (the hub, a server) is unreachable or refuses the credentials."""
+
+
+class ModelError(UserError, ValueError):
+    """A checkpoint is not what the command needs (e.g. no trained one-output reward head)."""
