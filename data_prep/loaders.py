@@ -67,6 +67,16 @@ class LoadReport:
     def to_dict(self) -> dict[str, Any]:
         return {"rows_read": self.rows_read, "rows_kept": self.rows_kept, "skipped": dict(self.skipped)}
 
+    def summary(self) -> str:
+        """One line: rows read and kept, and every skip reason with its count."""
+        return f"read {self.rows_read} rows, kept {self.rows_kept}; skipped: {format_skips(self.skipped)}"
+
+
+def format_skips(skipped: dict[str, int]) -> str:
+    """``{"missing_key": 2, "empty_response": 1}`` -> ``"empty_response 1, missing_key 2"`` (``none`` if empty)."""
+    items = [f"{reason} {int(n)}" for reason, n in sorted(skipped.items()) if n]
+    return ", ".join(items) if items else "none"
+
 
 def stable_id(prompt: Any, chosen: str, rejected: str) -> str:
     blob = json.dumps([prompt, chosen, rejected], ensure_ascii=False, sort_keys=True)

@@ -38,7 +38,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets, load_
 from tqdm.auto import tqdm
 
 from data_prep import __version__
-from data_prep.loaders import BUILTIN_SOURCES, load_preferences
+from data_prep.loaders import BUILTIN_SOURCES, format_skips, load_preferences
 from data_prep.truncation import apply_past_end, pair_rng, sst_positions, tlt_positions
 from data_prep.weighting import DEFAULT_CAP, binary_entropy_of_gap, preference_weights
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
@@ -307,6 +307,12 @@ def _card_readme(card: dict[str, Any]) -> str:
         "",
         *[f"- {k}: {v}" for k, v in card["counts"].items()],
         "",
+        "## Skipped rows",
+        "",
+        f"- source rows read {card['loader']['rows_read']}, kept {card['loader']['rows_kept']}; skipped by the "
+        f"loader: {format_skips(card['loader']['skipped'])}",
+        f"- pairs skipped at tokenization: {format_skips(tokenization_skips(card['counts']))}",
+        "",
         "## Statistics",
         "",
         *[f"- {k}: {v}" for k, v in card["stats"].items() if k != "gap_histogram"],
@@ -319,6 +325,14 @@ def _card_readme(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def tokenization_skips(counts: dict[str, int]) -> dict[str, int]:
+    """The pairs ``Preparer.process`` dropped, by reason (from the summed chunk counts)."""
+    out = {k.removeprefix("skipped_"): v for k, v in counts.items() if k.startswith("skipped_")}
+    if counts.get("pairs_without_positions"):
+        out["without_positions"] = counts["pairs_without_positions"]
+    return out
 
 
 def prepare(config: PrepareConfig) -> Path:
@@ -435,6 +449,8 @@ def prepare(config: PrepareConfig) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     summary = {**card["counts"], **{k: v for k, v in stats.items() if k != "gap_histogram"}}
     print("[prepare] wrote", out, json.dumps(summary))
+    print(f"[prepare] loader: {report.summary()}")
+    print(f"[prepare] pairs skipped at tokenization: {format_skips(tokenization_skips(card['counts']))}")
     return out
 
 

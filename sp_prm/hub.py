@@ -74,6 +74,17 @@ def write_model_card(
         ]
         if stats:
             lines.append(f"- reference statistics: `{json.dumps({k: v for k, v in stats.items() if k != 'gap_histogram'})}`")
+    if "skipped_at_tokenization" in data_card:  # loss=orm: rows of the raw source dropped by reason
+        loader = data_card.get("loader", {})
+        skips = {**loader.get("skipped", {}), **{f"tokenization_{k}": v
+                                                  for k, v in data_card["skipped_at_tokenization"].items()}}
+        lines.append(f"- source rows read {loader.get('rows_read')}, pairs kept {loader.get('rows_kept')}; skipped: "
+                     + (", ".join(f"{k} {v}" for k, v in sorted(skips.items()) if v) or "none"))
+    elif data_card.get("loader"):
+        loader = data_card["loader"]
+        lines.append(f"- source rows read {loader.get('rows_read')}, kept {loader.get('rows_kept')}; skipped by the "
+                     "loader: " + (", ".join(f"{k} {v}" for k, v in sorted(loader.get("skipped", {}).items()) if v)
+                                   or "none"))
     if weights:
         lines.append(f"- training weights: mean {weights['mean']}, max {weights['max']}, min {weights['min']}")
     lines += ["", "## Results", ""]

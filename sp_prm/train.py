@@ -23,15 +23,17 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset, load_from_disk
 
-from data_prep.loaders import in_eval_subset
+from data_prep.loaders import format_skips, in_eval_subset
 from sp_prm.collator import PairCollator
 from sp_prm.config import load_config, parse_overrides
+from sp_prm.errors import InputError
 from sp_prm.formatting import PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_tokenizer, resolve
 from sp_prm.scoring import is_causal_reward_model, unwrap
@@ -129,18 +131,19 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
             "pass the raw preference source (e.g. builtin:hh-rlhf-sample) as --dataset"
         )
     prefix = config.prefix or PrefixFormat()
-    pairs, report = load_preferences(config.dataset, config.format, config.columns, config.split, config.limit)
+    pairs, report = load_preferences(config.dataset, config.format, config.columns, config.split, config.limit,
+                                     on_bad_rows=config.on_bad_rows)
     rows: dict[str, list] = {"id": [], "chosen_ids": [], "rejected_ids": [], "weight": [], "position": []}
-    skipped = 0
+    skipped: Counter = Counter()
     for pair in pairs:
         try:
             chosen = encode(tokenizer, pair["prompt"], pair["chosen"], prefix)
             rejected = encode(tokenizer, pair["prompt"], pair["rejected"], prefix)
         except PromptTooLong:
-            skipped += 1
+            skipped["prompt_too_long"] += 1
             continue
         if chosen.length == 0 or rejected.length == 0:
-            skipped += 1
+            skipped["empty_after_tokenization"] += 1
             continue
         rows["id"].append(pair["id"])
         rows["chosen_ids"].append(chosen.sequence(None, prefix.end_marker))
@@ -148,8 +151,9 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
         rows["weight"].append(1.0)
         rows["position"].append(max(chosen.length, rejected.length))
     if not rows["id"]:
-        raise ValueError(f"{config.dataset}: no usable pair (loader report {report.to_dict()}, skipped {skipped})")
-    card = {"source": config.dataset, "loader": report.to_dict(), "skipped_at_tokenization": skipped,
+        raise InputError(f"{config.dataset}: no usable pair ({report.summary()}; skipped at tokenization: "
+                         f"{format_skips(skipped)})")
+    card = {"source": config.dataset, "loader": report.to_dict(), "skipped_at_tokenization": dict(skipped),
             "fingerprint": _fingerprint([config.dataset, config.format, config.columns, config.split, config.limit,
                                          prefix.to_dict()])}
     return Dataset.from_dict(rows), card, prefix
@@ -174,6 +178,13 @@ def split_eval(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Data
             "already split with load_preferences(subset=...) needs eval_fraction 0 (or a larger one)"
         )
     return data.select(train_idx), data.select(eval_idx)
+
+
+def data_report(data_card: dict[str, Any]) -> dict[str, Any]:
+    """What the data loading kept and skipped, by reason (for sp_prm_run.json and the model card)."""
+    if "loader" in data_card and "skipped_at_tokenization" in data_card:  # loss=orm: a raw source
+        return {"loader": data_card["loader"], "skipped_at_tokenization": data_card["skipped_at_tokenization"]}
+    return {"loader": data_card.get("loader", {}), "prepare_counts": data_card.get("counts", {})}
 
 
 # -- model -------------------------------------------------------------------------------------------------
@@ -304,7 +315,7 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
+        (output_dir / RUN_FILE).write_text(json.dumps({**record, "data": data_report(data_card)}, indent=2))
     if last:
         logger.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
@@ -316,6 +327,11 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():
         write_model_card(output_dir, config, record, data_card, metrics, train_data)
+    if trainer.is_world_process_zero() and config.loss == "orm":
+        report = data_report(data_card)
+        print(f"[train] {config.dataset}: loader skipped {format_skips(report['loader']['skipped'])} of "
+              f"{report['loader']['rows_read']} rows; skipped at tokenization: "
+              f"{format_skips(report['skipped_at_tokenization'])}")
     if push and trainer.is_world_process_zero():
         push_to_hub(output_dir, config.hub_model_id or output_dir.name, private=config.hub_private_repo is not False)
     return trainer

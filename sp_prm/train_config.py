@@ -109,6 +109,10 @@ class SPPRMConfig(TrainingArguments):
         default_factory=dict, metadata={"help": "orm only: column mapping for the pairs format."}
     )
     split: str = field(default="train", metadata={"help": "orm only: split of a hub dataset."})
+    on_bad_rows: str = field(
+        default="error",
+        metadata={"help": "orm only: a jsonl line that is not a JSON object: error (names file:line) or skip (counted)."},
+    )
     limit: int | None = field(default=None, metadata={"help": "Use only the first N source pairs (orm) or partial pairs."})
     eval_fraction: float = field(
         default=0.0,
@@ -184,6 +188,8 @@ class SPPRMConfig(TrainingArguments):
         if str(self.multi_prefix).lower() not in ("auto", "true", "false"):
             raise ValueError(f"multi_prefix must be auto, true or false, got {self.multi_prefix!r}")
         self.multi_prefix = str(self.multi_prefix).lower()
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be left or right, got {self.padding_side!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
