@@ -118,6 +118,11 @@ class PrepareConfig:
     reference_causal: bool | None = field(
         default=None, metadata={"help": "Force one-pass (true) or per-prefix (false) scoring; null detects it."}
     )
+    allow_untrained_head: bool = field(
+        default=False,
+        metadata={"help": "Accept a reference_model whose score head is newly initialised (a base LM: random "
+                  "weights, no preference signal; for demos and tests). Off: such a model is refused."},
+    )
     reference_batch_tokens: int = field(default=16384, metadata={"help": "Padded tokens per reference forward."})
     weight_cap: float | None = field(
         default=DEFAULT_CAP, metadata={"help": "Upper bound on 1/H (H -> 0 as the gap grows); null: no cap."}
@@ -156,7 +161,8 @@ def _source_signature(source: str) -> Any:
 
 def fingerprint(config: PrepareConfig) -> str:
     params = asdict(config)
-    for key in ("output_dir", "overwrite", "chunk_size", "reference_device", "reference_batch_tokens"):
+    for key in ("output_dir", "overwrite", "chunk_size", "reference_device", "reference_batch_tokens",
+                "allow_untrained_head"):  # the last one refuses or allows a model, it never changes the data
         params.pop(key)
     # Fields added later count only when set away from their default, so earlier outputs keep their fingerprint.
     for key, default in (("on_bad_rows", "error"),):
@@ -180,6 +186,7 @@ class Preparer:
             model = load_reward_model(
                 config.reference_model, config.reference_dtype, config.reference_device,
                 config.trust_remote_code, pad_token_id=ref_tokenizer.pad_token_id,
+                allow_untrained_head=config.allow_untrained_head,
             )
             scorer = RewardScorer(
                 model, ref_tokenizer.pad_token_id, config.reference_batch_tokens, causal=config.reference_causal

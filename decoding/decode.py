@@ -129,8 +129,13 @@ class ScorerConfig:
     prefix: PrefixFormat | None = field(
         default=None,
         metadata={"help": "How an rm: scorer renders (prompt, partial response); null: the format an sp-prm "
-                  "model was trained with (config.sp_prm), else the PrefixFormat defaults."},
+                  "model was trained with (config.sp_prm), else the PrefixFormat defaults (with a warning)."},
     )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the rm: checkpoint (independent of the policy's)."})
+    allow_untrained_head: bool = field(
+        default=False, metadata={"help": "Accept an rm: checkpoint whose score head is newly initialised (random "
+                                          "rewards; for tests only). Off: such a checkpoint is refused."})
 
     def __post_init__(self) -> None:
         if self.name not in ("rear", "genrm") and not self.name.startswith("rm:"):
@@ -311,16 +316,16 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
     if sc.name == "genrm":
         return GenRMScorer(policy, max_batch_tokens=sc.max_batch_tokens, max_batch_size=sc.max_batch_size,
                            meter=meter)
-    from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
+    from sp_prm.models import load_reward_model, load_tokenizer, scoring_prefix_format
 
     path = sc.name[3:]
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.policy.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=sc.trust_remote_code)
     # The RM runs here with transformers on either backend (on vllm: the policy's device setting, else cuda if any).
     device = str(policy.device) if cfg.policy.backend == "hf" else (
         cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_reward_model(path, dtype=sc.dtype, device=device,
-                              trust_remote_code=cfg.policy.trust_remote_code, pad_token_id=tokenizer.pad_token_id)
-    prefix = sc.prefix or trained_prefix_format(model) or PrefixFormat()
+    model = load_reward_model(path, dtype=sc.dtype, device=device, trust_remote_code=sc.trust_remote_code,
+                              pad_token_id=tokenizer.pad_token_id, allow_untrained_head=sc.allow_untrained_head)
+    prefix = scoring_prefix_format(model, sc.name, sc.prefix)
     return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
                              max_batch_size=sc.max_batch_size, meter=meter)
 

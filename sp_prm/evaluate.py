@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,12 @@ class EvaluateConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the paired bootstrap."})
     output_dir: str = field(default="outputs/eval-rm", metadata={"help": "Where results are written."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+    allow_untrained_head: bool = field(
+        default=False, metadata={"help": "Accept a model whose score head is newly initialised (random rewards; "
+                                          "for tests only). Off: such a model is refused."})
+    on_bad_rows: str = field(
+        default="error", metadata={"help": "A jsonl line that is not a JSON object: error (names file:line) or skip."}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.prefix, dict):
@@ -213,7 +220,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     from data_prep.loaders import load_preferences
 
     pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
-                                     config.subset, config.eval_fraction, config.data_dir)
+                                     config.subset, config.eval_fraction, config.data_dir, config.on_bad_rows)
     cut_tok = load_tokenizer(config.tokenizer or config.models[0], config.trust_remote_code)
     sides: list[EncodedResponse] = []
     messages = []
@@ -245,8 +252,13 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     scores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, path in tqdm(list(zip(names, paths)), desc="evaluate-rm", unit="model"):
         tok = load_tokenizer(path, config.trust_remote_code)
-        model = load_reward_model(path, config.dtype, config.device, config.trust_remote_code, tok.pad_token_id)
+        model = load_reward_model(path, config.dtype, config.device, config.trust_remote_code, tok.pad_token_id,
+                                  allow_untrained_head=config.allow_untrained_head)
         trained = trained_prefix_format(model)
+        if trained is None:
+            warnings.warn(f"{path} has no config.sp_prm (not trained by `sp-prm train`): scoring it with the prefix "
+                          f"format {config.prefix.to_dict()}, which may not be the one it was trained on",
+                          stacklevel=2)
         if trained is not None and trained != config.prefix:
             raise ValueError(
                 f"{path} was trained on prefixes rendered as {trained.to_dict()}, but this evaluation renders "

