@@ -16,7 +16,11 @@ Pipeline (paper sections 4.1-4.2):
 The work is done in chunks of pairs saved under a staging folder next to the
 output; a killed run restarted with the same parameters resumes from the last
 finished chunk. The output path only ever holds a complete result: it is moved
-into place at the end.
+into place at the end. One run writes an output at a time: a second ``prepare``
+into the same ``output_dir`` fails at once naming the running one (lock file
+``.<name>.lock`` next to the output, dropped by the OS when its holder exits or
+is killed). A failed run removes its staging folder unless it holds finished
+chunks that a rerun resumes from.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from data_prep import __version__
 from data_prep.loaders import BUILTIN_SOURCES, format_skips, load_preferences
 from data_prep.truncation import apply_past_end, pair_rng, sst_positions, tlt_positions
 from data_prep.weighting import DEFAULT_CAP, binary_entropy_of_gap, preference_weights
+from sp_prm.errors import InputError, OutputExistsError
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_reward_model, load_tokenizer
 from sp_prm.prefix_scoring import PrefixScorer
@@ -342,9 +347,41 @@ def tokenization_skips(counts: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def staging_dir(out: Path, fp: str) -> Path:
+    return out.parent / f".{out.name}.partial-{fp}"
+
+
+def _drop_if_nothing_to_resume(staging: Path) -> None:
+    """A failed run's staging folder goes unless it holds finished chunks a rerun can resume from."""
+    if not staging.exists():
+        return
+    finished = (staging / "chunk_counts.json").exists() or any((staging / "chunks").glob("chunk-*"))
+    if finished:
+        logger.warning("kept %s: it holds finished chunks; rerunning with the same parameters resumes from them",
+                       staging)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def prepare(config: PrepareConfig) -> Path:
-    """Run the pipeline; returns the output folder (reused when already built with the same parameters)."""
+    """Run the pipeline; returns the output folder (reused when already built with the same parameters).
+
+    One run at a time per output: a second ``prepare`` into the same ``output_dir`` fails at once (the
+    lock ``.<name>.lock`` beside it is released when the first ends or dies). A failed run removes its
+    staging folder unless it holds finished chunks to resume from.
+    """
+    from sp_prm.staging import output_lock
+
     out = Path(config.output_dir)
+    with output_lock(out, "prepare"):
+        try:
+            return _prepare(config, out)
+        except BaseException:
+            _drop_if_nothing_to_resume(staging_dir(out, fingerprint(config)))
+            raise
+
+
+def _prepare(config: PrepareConfig, out: Path) -> Path:
     fp = fingerprint(config)
     if out.exists():
         card_path = out / "card.json"
@@ -354,20 +391,19 @@ def prepare(config: PrepareConfig) -> Path:
             print(f"[prepare] {out} already holds this dataset (fingerprint {fp}); reusing it. --overwrite to rebuild.")
             return out
         if not config.overwrite:
-            raise FileExistsError(
-                f"{out} exists and was built with other parameters (or is not a prepared dataset); "
-                "pass --overwrite to replace it or choose another --output_dir"
+            raise OutputExistsError(
+                f"{out} exists and was built with other parameters (or is not a prepared dataset)",
+                hint="pass --overwrite to replace it or choose another --output_dir",
             )
-    staging = out.parent / f".{out.name}.partial-{fp}"
-    chunks_dir = staging / "chunks"
-    chunks_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-
     pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
                                      config.subset, config.eval_fraction, config.data_dir, config.on_bad_rows)
     if len(pairs) == 0:
-        raise ValueError(f"{config.source}: no usable preference pairs (loader report: {report.to_dict()})")
+        raise InputError(f"{config.source}: no usable preference pairs ({report.summary()})")
     preparer = Preparer(config)
+    staging = staging_dir(out, fp)
+    chunks_dir = staging / "chunks"
+    chunks_dir.mkdir(parents=True, exist_ok=True)
     counts_path = staging / "chunk_counts.json"
     chunk_counts: dict[str, dict] = json.loads(counts_path.read_text()) if counts_path.exists() else {}
     n_chunks = (len(pairs) + config.chunk_size - 1) // config.chunk_size

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 # Never uploaded: intermediate checkpoints (optimizer states), local logs.
-IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "wandb/**", "*.pt", "*.pth", "training_args.bin"]
+IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "wandb/**", "*.pt", "*.pth", "training_args.bin",
+          ".final-model.partial/**"]
 
 
 def _weight_stats(data: Any) -> dict[str, float]:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -37,11 +38,13 @@ from sp_prm.errors import InputError
 from sp_prm.formatting import PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_tokenizer, resolve
 from sp_prm.scoring import is_causal_reward_model, unwrap
+from sp_prm.staging import publish_files
 from sp_prm.train_config import SPPRMConfig
 
 logger = logging.getLogger("sp_prm.train")
 
 RUN_FILE = "sp_prm_run.json"
+FINAL_STAGING = ".final-model.partial"  # inside output_dir; see train()
 # Fields that must agree between a run and the checkpoint it resumes from.
 RUN_KEYS = ("model_name_or_path", "loss", "dataset_fingerprint", "prefix", "use_peft", "lora_r", "multi_prefix")
 
@@ -323,10 +326,18 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
     if eval_data is not None:
         metrics.update(trainer.evaluate())
 
-    trainer.save_model(str(output_dir))
+    # The final model is written to a staging folder and its files renamed into output_dir (config.json
+    # last), so a kill during the save never leaves a half-written model where a finished one is expected.
+    staging = output_dir / FINAL_STAGING
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftover
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()  # every rank's part of a ZeRO-3 save is written
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():
-        write_model_card(output_dir, config, record, data_card, metrics, train_data)
+        write_model_card(staging, config, record, data_card, metrics, train_data)
+        publish_files(staging, output_dir)
     if trainer.is_world_process_zero() and config.loss == "orm":
         report = data_report(data_card)
         print(f"[train] {config.dataset}: loader skipped {format_skips(report['loader']['skipped'])} of "
