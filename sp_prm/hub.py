@@ -98,6 +98,43 @@ def write_model_card(
     return path
 
 
+def check_hub() -> str:
+    """Pre-flight of ``push_to_hub``, run before training: a token is set and the hub accepts it.
+
+    Returns the account name. Raises :class:`~sp_prm.errors.ServiceError` (no token, offline mode, hub
+    unreachable, token refused or read-only) so a run never trains for hours and then fails to upload.
+    The token is read by ``huggingface_hub`` from the environment or its login and never printed.
+    """
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from sp_prm.errors import ServiceError
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    after = "nothing was trained"
+    if constants.HF_HUB_OFFLINE:
+        raise ServiceError(f"push_to_hub is on but HF_HUB_OFFLINE is set: the hub ({endpoint}) cannot be reached",
+                           hint=f"unset HF_HUB_OFFLINE, or pass --push_to_hub false; {after}")
+    if not get_token():
+        raise ServiceError("push_to_hub is on but no hub token is set",
+                           hint=f"export HF_TOKEN=<a write token> (or run `hf auth login`), or pass --push_to_hub "
+                                f"false; {after}")
+    try:
+        info = HfApi(endpoint=endpoint).whoami()
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        raise ServiceError(f"the hub at {endpoint} refused the token (HTTP {status})",
+                           hint=f"set HF_TOKEN to a valid write token; {after}") from None
+    except Exception as err:  # connection refused, DNS, TLS, timeout: whatever the HTTP client raises
+        raise ServiceError(f"cannot reach the hub at {endpoint} ({type(err).__name__})",
+                           hint=f"check the connection and HF_ENDPOINT, or pass --push_to_hub false; {after}") from None
+    role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise ServiceError(f"the hub token of {info.get('name')} is read-only; push_to_hub needs write access",
+                           hint=f"set HF_TOKEN to a write token; {after}")
+    return str(info.get("name"))
+
+
 def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
     """Upload the final model folder (no intermediate checkpoints); returns the commit URL."""
     from huggingface_hub import HfApi

@@ -260,9 +260,11 @@ def check_resume(output_dir: Path, record: dict[str, Any]) -> str | None:
 # -- entry -------------------------------------------------------------------------------------------------
 def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
     """Run training as configured; returns the trainer (its model is the trained RM)."""
-    from sp_prm.hub import push_to_hub, write_model_card
+    from sp_prm.hub import check_hub, push_to_hub, write_model_card
     from sp_prm.trainer import SPPRMTrainer, compute_pair_metrics
 
+    if config.push_to_hub:
+        check_hub()  # before any work: a missing token or an unreachable hub fails now, not after training
     tokenizer = load_tokenizer(config.model_name_or_path, config.trust_remote_code)
     if config.loss == "orm":
         data, data_card, prefix = load_full_pairs(config, tokenizer)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import huggingface_hub.constants
 import pytest
 
+from sp_prm.errors import ServiceError
 from sp_prm.formatting import PrefixFormat
 from sp_prm.train import train
 from sp_prm.train_config import SPPRMConfig
@@ -34,6 +37,13 @@ class FakeHub(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802
+        FakeHub.requests.append((self.path, self.headers.get("Authorization")))
+        if self.path == "/api/whoami-v2":  # sp-prm's pre-flight check, before training
+            self._reply({"name": "me", "auth": {"accessToken": {"role": "write"}}})
+        else:
+            self._reply({"error": f"unexpected {self.path}"}, 404)
 
     def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -79,7 +89,7 @@ def test_push_to_hub_uploads_model_and_card(tiny_llama_rm_dir, tmp_path, fake_hu
                          push_to_hub=True, hub_model_id="me/tiny-prm", per_device_train_batch_size=2)
     train(config)
     paths = [p for p, _ in fake_hub.requests]
-    assert paths[0] == "/api/repos/create" and any("/commit/main" in p for p in paths)
+    assert paths[:2] == ["/api/whoami-v2", "/api/repos/create"] and any("/commit/main" in p for p in paths)
     assert all(auth == f"Bearer {TOKEN}" for _, auth in fake_hub.requests)
     files = fake_hub.files
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
@@ -91,6 +101,65 @@ def test_push_to_hub_uploads_model_and_card(tiny_llama_rm_dir, tmp_path, fake_hu
     for path in out.rglob("*"):  # the token is never written anywhere
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens on it once closed
+
+
+def push_config(model_dir, out, **kw) -> SPPRMConfig:
+    return SPPRMConfig(model_name_or_path=str(model_dir), dataset="builtin:hh-rlhf-sample", limit=8, loss="orm",
+                       prefix=PrefixFormat(max_prompt_tokens=48, max_response_tokens=24), max_steps=1,
+                       save_strategy="no", use_cpu=True, output_dir=str(out), push_to_hub=True,
+                       hub_model_id="me/tiny-prm", per_device_train_batch_size=2, **kw)
+
+
+@pytest.fixture()
+def online_no_token(monkeypatch, tmp_path):
+    """Hub calls allowed (towards a closed loopback port only), and no token anywhere."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+
+
+def test_push_without_token_fails_before_training(tiny_llama_rm_dir, tmp_path, online_no_token):
+    with pytest.raises(ServiceError, match="no hub token is set") as err:
+        train(push_config(tiny_llama_rm_dir, tmp_path / "out"))
+    assert "HF_TOKEN" in str(err.value) and not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_push_to_unreachable_hub_fails_before_training(tiny_llama_rm_dir, tmp_path, online_no_token, monkeypatch,
+                                                       capsys):
+    from sp_prm.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    endpoint = os.environ["HF_ENDPOINT"]
+    with pytest.raises(ServiceError, match=f"cannot reach the hub at {endpoint}") as err:
+        train(push_config(tiny_llama_rm_dir, tmp_path / "out"))
+    assert TOKEN not in str(err.value) and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model_name_or_path", str(tiny_llama_rm_dir), "--dataset", "builtin:hh-rlhf-sample",
+              "--loss", "orm", "--use_cpu", "true", "--push_to_hub", "true", "--output_dir", str(tmp_path / "cli")])
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "cannot reach the hub" in message and TOKEN not in message
+
+
+def test_read_only_token_is_refused(fake_hub, monkeypatch):
+    from sp_prm.hub import check_hub
+
+    assert check_hub() == "me"
+    monkeypatch.setattr(FakeHub, "do_GET", lambda self: self._reply(
+        {"name": "me", "auth": {"accessToken": {"role": "read"}}}))
+    with pytest.raises(ServiceError, match="read-only"):
+        check_hub()
+    monkeypatch.setattr(FakeHub, "do_GET", lambda self: self._reply({"error": "Invalid token"}, 401))
+    with pytest.raises(ServiceError, match=r"refused the token \(HTTP 401\)"):
+        check_hub()
 
 
 def test_hub_token_in_config_is_refused(tmp_path):
