@@ -43,7 +43,7 @@ from decoding.policy import Policy
 from decoding.prefix_cache import PrefixCache
 from decoding.types import Meter, Partial, Prompt
 from sp_prm.formatting import PrefixFormat, encode
-from sp_prm.scoring import RewardScorer, is_causal_reward_model, unwrap
+from sp_prm.scoring import RewardScorer, unwrap
 
 
 class Scorer(Protocol):
@@ -326,6 +326,3 @@ class GenRMScorer:
         values = self.cache.values([self.sequence(p, r) for p, r in zip(prompts, partials)], groups)
         return torch.stack([v[-1] for v in values])
 
-
-def is_decoder_rm(model: Any) -> bool:
-    return is_causal_reward_model(model)
