@@ -123,10 +123,6 @@ def use_meter(meter: Meter, *objects: Any) -> Meter:
     return meter
 
 
-def meter_totals(meter: Meter, groups: Sequence[int]) -> list[dict[str, int]]:
-    return [meter.for_group(g) for g in groups]
-
-
 def lam_label(lam: float) -> str:
     if math.isinf(lam):
         return "inf"
