@@ -162,13 +162,13 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
     return Dataset.from_dict(rows), card, prefix
 
 
-def split_eval(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+def split_eval(data: Dataset, fraction: float) -> tuple[Dataset, Dataset | None]:
     """Hold out whole source pairs (all their prefixes) by a hash of the pair id.
 
     The same hash as ``load_preferences(subset="eval")`` and ``sp-prm evaluate-rm``'s default
     subset: with the same ``eval_fraction`` the pairs held out here are exactly the ones those
-    tools evaluate on, so no tool ever evaluates on a pair another one trained on. The split does
-    not depend on ``seed`` (kept in the signature for callers).
+    tools evaluate on, so no tool ever evaluates on a pair another one trained on. No seed: the
+    split depends on the pair ids alone.
     """
     if fraction <= 0:
         return data, None
@@ -286,7 +286,7 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
         # batches of similar length pad less on the flat (encoder) path.
         lengths = [max(len(c), len(r)) for c, r in zip(data["chosen_ids"], data["rejected_ids"])]
         data = data.add_column(config.length_column_name, lengths)
-    train_data, eval_data = split_eval(data, config.eval_fraction, config.seed)
+    train_data, eval_data = split_eval(data, config.eval_fraction)
 
     output_dir = Path(config.output_dir)
     record = run_record(config, data_card, prefix)

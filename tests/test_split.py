@@ -8,7 +8,7 @@ from sp_prm.train import split_eval
 
 def test_train_holdout_equals_eval_subset():
     pairs, _ = load_preferences("builtin:hh-rlhf-sample")
-    train, held = split_eval(pairs, 0.2, seed=123)
+    train, held = split_eval(pairs, 0.2)
     eval_subset, _ = load_preferences("builtin:hh-rlhf-sample", subset="eval", eval_fraction=0.2)
     assert sorted(held["id"]) == sorted(eval_subset["id"])
     assert set(train["id"]).isdisjoint(eval_subset["id"])
