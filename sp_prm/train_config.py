@@ -204,6 +204,8 @@ class SPPRMConfig(TrainingArguments):
         super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
+        """Not dead code: transformers' logging integrations call it (TensorBoardCallback through
+        ``to_json_string``, WandbCallback and others directly), and ``json.dumps`` fails on a PrefixFormat."""
         d = super().to_dict()
         if isinstance(d.get("prefix"), PrefixFormat):
             d["prefix"] = d["prefix"].to_dict()

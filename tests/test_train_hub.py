@@ -162,6 +162,12 @@ def test_read_only_token_is_refused(fake_hub, monkeypatch):
         check_hub()
 
 
+def test_config_serialises_for_logging_integrations(tmp_path):
+    # TensorBoardCallback logs args.to_json_string(); WandbCallback logs args.to_dict()
+    config = SPPRMConfig(output_dir=str(tmp_path), use_cpu=True, prefix=PrefixFormat(max_prompt_tokens=48))
+    assert json.loads(config.to_json_string())["prefix"]["max_prompt_tokens"] == 48
+
+
 def test_hub_token_in_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="HF_TOKEN"):
         SPPRMConfig(output_dir=str(tmp_path), use_cpu=True, hub_token="hf_secret")
