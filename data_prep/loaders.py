@@ -155,9 +155,10 @@ def read_json_file(path: Path, on_bad_rows: str = "error", skipped: Counter | No
     """One json / jsonl file into a Dataset; a bad jsonl line is reported as ``file:line: reason``.
 
     ``on_bad_rows='skip'`` drops bad lines instead and counts them in ``skipped['bad_json_line']``.
-    The file is checked line by line before ``datasets`` reads it: its json reader reports a bad line
-    as a chained pyarrow error with a 0-based row and often the wrong reason, and a non-UTF-8 byte as a
-    bare UnicodeDecodeError naming neither file nor line.
+    The file is checked line by line before ``datasets`` reads it: its json reader (datasets 5.2,
+    pyarrow's reader underneath) reports a bad line as a chained pyarrow error with a 0-based row and
+    often the wrong reason, and a non-UTF-8 byte as a bare UnicodeDecodeError naming neither file nor
+    line.
     """
     if on_bad_rows not in ON_BAD_ROWS:
         raise ConfigError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")

@@ -419,7 +419,9 @@ def _prepare(config: PrepareConfig, out: Path) -> Path:
                 continue
             preparer.counts = Counter()
             part = preparer.process(pairs.select(range(lo, hi)))
-            # datasets cannot reload a 0-row save, so an empty chunk is only recorded.
+            # datasets cannot reload a 0-row save (save_to_disk writes no shard for it since
+            # huggingface/datasets#7912; fix proposed in huggingface/datasets#8385; datasets 5.2 here),
+            # so an empty chunk is only recorded.
             if len(part):
                 tmp = chunks_dir / f".tmp-{k:05d}"
                 shutil.rmtree(tmp, ignore_errors=True)

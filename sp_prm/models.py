@@ -63,7 +63,8 @@ def _smollm2_checkpoint() -> Path:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
     tokenizer.model_max_length = 8192
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain Llama and copy the weights.
+    # save_pretrained refuses a GGUF-loaded model (seen with transformers 5.24; no upstream issue found):
+    # rebuild a plain Llama and copy the weights.
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -127,6 +128,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         raise _not_found(name_or_path, err) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    # transformers puts VERY_LARGE_INTEGER (1e30) here when a checkpoint states no model_max_length
+    # (documented behaviour of every release up to 5.24): use a finite, usable bound instead.
     if tokenizer.model_max_length > 1_000_000:
         tokenizer.model_max_length = 8192
     return tokenizer
