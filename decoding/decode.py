@@ -59,6 +59,7 @@ from decoding.prompts import DataConfig, load_prompts
 from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
 from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
+from sp_prm.errors import OutputExistsError
 from sp_prm.formatting import PrefixFormat
 
 METHODS = ("best_of_n", "dvts", "args", "cbs", "cards")
@@ -352,7 +353,7 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
     prompts = load_prompts(cfg.data, require_preference=cfg.scorer.name == "rear" and cfg.scorer.lam != 1.0)
     out = Path(cfg.output)
     if out.exists() and not cfg.resume and out.stat().st_size:
-        raise FileExistsError(f"output {out} exists; pass --resume true to continue it or choose another --output")
+        raise OutputExistsError(f"output {out} exists; pass --resume true to continue it or choose another --output")
     out.parent.mkdir(parents=True, exist_ok=True)
     skip = done_ids(out)
     todo = [p for p in prompts if p.id not in skip]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from decoding.types import Prompt
+from sp_prm.errors import InputError, MissingPathError
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -58,12 +59,12 @@ def read_records(cfg: DataConfig) -> Iterable[dict[str, Any]]:
                     try:
                         yield json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
+                        raise InputError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
         return
     if path.suffix == ".json" and path.is_file():
         data = json.loads(path.read_text())
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records")
+            raise InputError(f"{path}: expected a JSON list of records")
         yield from data
         return
     import datasets
@@ -76,9 +77,9 @@ def read_records(cfg: DataConfig) -> Iterable[dict[str, Any]]:
         try:
             ds = datasets.load_dataset(cfg.path, split=cfg.split)
         except Exception as e:  # noqa: BLE001 - re-raised with the option named
-            raise FileNotFoundError(f"data.path={cfg.path!r}: not a jsonl/json file or a loadable dataset ({e})") from e
+            raise MissingPathError(f"data.path={cfg.path!r}: not a jsonl/json file or a loadable dataset ({e})") from e
     else:
-        raise FileNotFoundError(f"data.path={cfg.path!r} does not exist")
+        raise MissingPathError(f"data.path={cfg.path!r} does not exist")
     yield from ds
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from sp_prm.errors import MissingPathError
+
 
 @dataclass
 class MergeConfig:
@@ -37,7 +39,7 @@ def merge(config: MergeConfig) -> Path:
 
     adapter = Path(config.adapter)
     if not (adapter / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter}: no adapter_config.json; is this a LoRA run (--use_peft true)?")
+        raise MissingPathError(f"{adapter}: no adapter_config.json; is this a LoRA run (--use_peft true)?")
     peft_config = PeftConfig.from_pretrained(str(adapter))
     base_name = config.base_model or peft_config.base_model_name_or_path
     base = AutoModelForSequenceClassification.from_pretrained(

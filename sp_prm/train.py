@@ -34,7 +34,7 @@ from datasets import Dataset, load_from_disk
 from data_prep.loaders import format_skips, in_eval_subset
 from sp_prm.collator import PairCollator
 from sp_prm.config import load_config, parse_overrides
-from sp_prm.errors import InputError
+from sp_prm.errors import ConfigError, InputError, MissingPathError
 from sp_prm.formatting import PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_tokenizer, resolve
 from sp_prm.scoring import is_causal_reward_model, unwrap
@@ -49,7 +49,7 @@ FINAL_STAGING = ".final-model.partial"  # inside output_dir; see train()
 RUN_KEYS = ("model_name_or_path", "loss", "dataset_fingerprint", "prefix", "use_peft", "lora_r", "multi_prefix")
 
 
-class IncompatibleCheckpoint(ValueError):
+class IncompatibleCheckpoint(ConfigError):
     """The checkpoint in output_dir was written by a run with another configuration."""
 
 
@@ -94,21 +94,21 @@ def load_partial_pairs(config: SPPRMConfig) -> tuple[Dataset, dict[str, Any], Pr
     folder = Path(config.dataset)
     card_path = folder / "card.json"
     if not card_path.exists():
-        raise FileNotFoundError(
-            f"{folder}: not a dataset written by `sp-prm prepare` (no card.json). Run `sp-prm prepare` first, "
-            "or use loss: orm to train on a raw preference source"
+        raise MissingPathError(
+            f"{folder}: not a dataset written by `sp-prm prepare` (no card.json)",
+            hint="run `sp-prm prepare` first, or use --loss orm to train on a raw preference source",
         )
     card = json.loads(card_path.read_text())
     data = load_from_disk(str(folder))
     missing = {"id", "chosen_ids", "rejected_ids", "weight"} - set(data.column_names)
     if missing:
-        raise ValueError(f"{folder}: columns {sorted(missing)} missing; re-run `sp-prm prepare`")
+        raise InputError(f"{folder}: columns {sorted(missing)} missing; re-run `sp-prm prepare`")
     prep = card.get("config", {})
     if config.loss == "weighted":
         weighted = bool(prep.get("reference_model")) and "ref_gap" in data.column_names and len(data) > 0 \
             and data[0]["ref_gap"] is not None
         if not weighted:
-            raise ValueError(
+            raise ConfigError(
                 f"loss=weighted needs preference weights, but {folder} was prepared without a reference RM "
                 "(every weight is 1 and the ref_* columns are empty). Prepare it with --reference_model, or train "
                 "the paper's unweighted ablation with --loss unweighted"
@@ -116,7 +116,7 @@ def load_partial_pairs(config: SPPRMConfig) -> tuple[Dataset, dict[str, Any], Pr
     card_prefix = PrefixFormat(**prep["prefix"]) if isinstance(prep.get("prefix"), dict) else None
     prefix = config.prefix or card_prefix or PrefixFormat()
     if config.prefix is not None and card_prefix is not None and config.prefix != card_prefix:
-        raise ValueError(
+        raise ConfigError(
             f"prefix {config.prefix} differs from the one the dataset was built with ({card_prefix}); the ids in "
             "the dataset fix the representation -- drop `prefix` from the config or re-prepare the data"
         )
@@ -130,7 +130,7 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
     from data_prep.loaders import load_preferences
 
     if (Path(config.dataset) / "card.json").exists():
-        raise ValueError(
+        raise ConfigError(
             f"{config.dataset} is a partial-pair dataset from `sp-prm prepare`; loss=orm trains on full responses: "
             "pass the raw preference source (e.g. builtin:hh-rlhf-sample) as --dataset"
         )
@@ -177,7 +177,7 @@ def split_eval(data: Dataset, fraction: float) -> tuple[Dataset, Dataset | None]
     train_idx = [k for k, h in enumerate(held) if not h]
     eval_idx = [k for k, h in enumerate(held) if h]
     if not eval_idx or not train_idx:
-        raise ValueError(
+        raise ConfigError(
             f"eval_fraction={fraction} leaves an empty train or eval split ({len(data)} rows); data that was "
             "already split with load_preferences(subset=...) needs eval_fraction 0 (or a larger one)"
         )
@@ -275,7 +275,7 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
         if made_with and made_with != config.model_name_or_path:
             theirs = load_tokenizer(made_with, config.trust_remote_code)
             if theirs.get_vocab() != tokenizer.get_vocab():
-                raise ValueError(
+                raise ConfigError(
                     f"{config.dataset} was tokenized for {made_with}, whose vocabulary differs from "
                     f"{config.model_name_or_path}'s; prepare the data with --model_name_or_path {config.model_name_or_path}"
                 )

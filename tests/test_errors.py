@@ -137,3 +137,17 @@ def test_missing_local_path_says_so(name, tmp_path, monkeypatch, capsys):
 def test_error_family_keeps_builtin_bases():
     assert issubclass(ConfigError, ValueError) and issubclass(MissingPathError, FileNotFoundError)
     assert issubclass(InputError, UserError) and str(ConfigError("what", hint="do this")) == "what\ndo this"
+
+
+def test_train_on_a_missing_dataset_is_a_short_error(tiny_llama_rm_dir, tmp_path, capsys):
+    code, err = run_cli(capsys, "train", "--model_name_or_path", str(tiny_llama_rm_dir), "--dataset",
+                        str(tmp_path / "nothing"), "--use_cpu", "true", "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and "not a dataset written by `sp-prm prepare`" in err and "sp-prm prepare" in err
+    assert_short(err)
+
+
+def test_decode_on_a_missing_prompt_file_is_a_short_error(tmp_path, capsys):
+    code, err = run_cli(capsys, "decode", "--data.path", str(tmp_path / "prompts.jsonl"), "--output",
+                        str(tmp_path / "o.jsonl"))
+    assert code == 2 and "does not exist" in err
+    assert_short(err)

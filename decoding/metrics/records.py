@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sp_prm.errors import MissingPathError
+
 
 def _open_text(path: Path) -> Any:
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
@@ -27,7 +29,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a .jsonl / .json (a list, or JSON Lines under a .json name) / .csv file, optionally .gz."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingPathError(f"no such file: {path}")
     stem_suffix = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
     with _open_text(path) as f:
         if stem_suffix == ".csv":
