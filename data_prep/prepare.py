@@ -136,6 +136,11 @@ class PrepareConfig:
     prefix: PrefixFormat = field(default_factory=PrefixFormat, metadata={"help": "Prefix representation."})
     output_dir: str = field(default="outputs/prepared", metadata={"help": "Where the dataset is written."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output instead of reusing it."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Check the config, the source (every row read) and that the models load, then stop: "
+                  "nothing is scored or written."},
+    )
     chunk_size: int = field(default=1000, metadata={"help": "Pairs per resumable chunk."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
 
@@ -166,7 +171,7 @@ def _source_signature(source: str) -> Any:
 
 def fingerprint(config: PrepareConfig) -> str:
     params = asdict(config)
-    for key in ("output_dir", "overwrite", "chunk_size", "reference_device", "reference_batch_tokens",
+    for key in ("output_dir", "overwrite", "chunk_size", "reference_device", "reference_batch_tokens", "dry_run",
                 "allow_untrained_head"):  # the last one refuses or allows a model, it never changes the data
         params.pop(key)
     # Fields added later count only when set away from their default, so earlier outputs keep their fingerprint.
@@ -373,6 +378,8 @@ def prepare(config: PrepareConfig) -> Path:
     from sp_prm.staging import output_lock
 
     out = Path(config.output_dir)
+    if config.dry_run:  # writes nothing, so it takes no lock
+        return _prepare(config, out)
     with output_lock(out, "prepare"):
         try:
             return _prepare(config, out)
@@ -401,6 +408,10 @@ def _prepare(config: PrepareConfig, out: Path) -> Path:
     if len(pairs) == 0:
         raise InputError(f"{config.source}: no usable preference pairs ({report.summary()})")
     preparer = Preparer(config)
+    if config.dry_run:
+        print(f"[prepare] dry run: config, source and models are fine ({report.summary()}; tokenizer "
+              f"{config.model_name_or_path}, reference {config.reference_model or 'none'}); nothing was written")
+        return out
     staging = staging_dir(out, fp)
     chunks_dir = staging / "chunks"
     chunks_dir.mkdir(parents=True, exist_ok=True)

@@ -300,6 +300,10 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
             f"{config.model_name_or_path} was trained on prefixes rendered as {previous['prefix']}, but the data "
             f"uses {prefix.to_dict()}; prepare the data with the model's prefix settings"
         )
+    if config.dry_run:
+        print(f"[train] dry run: config, data ({len(train_data)} training rows), resume check and model "
+              f"{config.model_name_or_path} are fine; nothing was trained or written")
+        return None
     # Record the prefix representation in the model's config (so in every checkpoint and the final
     # model): decoding must score prefixes exactly the way they were trained.
     unwrap(model).config.sp_prm = {**record, "base_model": config.model_name_or_path}

@@ -155,6 +155,11 @@ class SPPRMConfig(TrainingArguments):
         default=None, metadata={"help": "Modules that get adapters; null: all linear layers except the head."}
     )
     # --- run ---
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Check the config, the hub (push_to_hub), the data, the checkpoint to resume and that the "
+                  "model loads, then stop before training: nothing is written."},
+    )
     resume: bool = field(
         default=True,
         metadata={"help": "Continue from the last checkpoint in output_dir when there is one (its run config must "

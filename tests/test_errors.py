@@ -151,3 +151,19 @@ def test_decode_on_a_missing_prompt_file_is_a_short_error(tmp_path, capsys):
                         str(tmp_path / "o.jsonl"))
     assert code == 2 and "does not exist" in err
     assert_short(err)
+
+
+def test_prepare_dry_run_checks_everything_and_writes_nothing(tiny_llama_rm_dir, tiny_llama_lm_dir, tmp_path,
+                                                             capsys):
+    argv = ["prepare", "--source", "builtin:hh-rlhf-sample", "--limit", "4", "--model_name_or_path",
+            str(tiny_llama_rm_dir), "--output_dir", str(tmp_path / "out"), "--dry_run"]
+    main(argv + ["--reference_model", str(tiny_llama_rm_dir)])
+    assert "[prepare] dry run" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
+    code, err = run_cli(capsys, *argv, "--reference_model", str(tiny_llama_lm_dir))  # found before any work
+    assert code == 2 and "not a trained reward model" in err and list(tmp_path.iterdir()) == []
+
+
+def test_train_dry_run_stops_before_training(tiny_llama_rm_dir, tmp_path, capsys):
+    main(["train", "--model_name_or_path", str(tiny_llama_rm_dir), "--dataset", "builtin:hh-rlhf-sample",
+          "--loss", "orm", "--limit", "8", "--use_cpu", "true", "--output_dir", str(tmp_path / "out"), "--dry_run"])
+    assert "[train] dry run" in capsys.readouterr().out and not (tmp_path / "out").exists()
