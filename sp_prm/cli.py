@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 from sp_prm.errors import UserError
 
@@ -51,9 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"sp-prm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
+    guarded(name, lambda: importlib.import_module(COMMANDS[name][0]).main(rest), debug)
+
+
+def guarded(name: str, run: Callable[[], Any], debug: bool | None = None) -> Any:
+    """Run a command, turning a :class:`UserError` into its short message and exit code 2.
+
+    Also for the ``python -m`` entries (``accelerate launch -m sp_prm.train``); ``debug`` defaults to
+    whether ``--debug`` is in ``sys.argv``.
+    """
+    debug = "--debug" in sys.argv if debug is None else debug
     try:
-        module = importlib.import_module(COMMANDS[name][0])
-        module.main(rest)
+        return run()
     except UserError as err:  # anything else is a bug: it keeps its traceback
         raise SystemExit(report_user_error(name, err, debug)) from None
 

@@ -167,3 +167,17 @@ def test_train_dry_run_stops_before_training(tiny_llama_rm_dir, tmp_path, capsys
     main(["train", "--model_name_or_path", str(tiny_llama_rm_dir), "--dataset", "builtin:hh-rlhf-sample",
           "--loss", "orm", "--limit", "8", "--use_cpu", "true", "--output_dir", str(tmp_path / "out"), "--dry_run"])
     assert "[train] dry run" in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+def test_python_m_train_has_the_same_short_errors(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "sp_prm.train", "--dataset", str(tmp_path / "missing"),
+                           "--use_cpu", "true", "--output_dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "not a dataset written by `sp-prm prepare`" in done.stderr
