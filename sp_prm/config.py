@@ -48,7 +48,7 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     for key, value in values.items():
         key = aliases.get(key, key)
         if key not in fields and key in moved:
-            raise KeyError(f"config key {where + key!r} has moved: use {moved[key]}")
+            raise UnknownKeyError(f"config key {where + key!r} has moved: use {moved[key]}")
         if key not in fields:
             raise UnknownKeyError(
                 f"unknown config key {where + key!r} for {cls.__name__}",

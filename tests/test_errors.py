@@ -32,8 +32,11 @@ def pairs_file(path: Path, n: int = 12) -> list[str]:
 
 
 def test_config_errors_are_short_with_exit_code_2(capsys):
-    code, err = run_cli(capsys, "decode", "--search.n", "0")
-    assert code == 2 and "search.n must be >= 1, got 0" in err
+    code, err = run_cli(capsys, "decode", "--search.best_of_n.n", "0")
+    assert code == 2 and "search.best_of_n.n must be >= 1, got 0" in err
+    assert_short(err)
+    code, err = run_cli(capsys, "decode", "--search.n", "4")  # a retired key names its new place
+    assert code == 2 and "has moved: use search.best_of_n.n" in err
     assert_short(err)
     code, err = run_cli(capsys, "decode", "--search.method", "beam")
     assert code == 2 and "search.method must be one of" in err
@@ -44,8 +47,8 @@ def test_config_errors_are_short_with_exit_code_2(capsys):
 
 
 def test_debug_shows_the_traceback_of_a_user_error(capsys):
-    code, err = run_cli(capsys, "--debug", "decode", "--search.n", "0")
-    assert code == 2 and "Traceback" in err and "search.n must be >= 1" in err
+    code, err = run_cli(capsys, "--debug", "decode", "--search.best_of_n.n", "0")
+    assert code == 2 and "Traceback" in err and "search.best_of_n.n must be >= 1" in err
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

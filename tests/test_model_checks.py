@@ -69,7 +69,7 @@ def test_missing_model_folder_says_so(tmp_path):
 def test_decode_refuses_a_causal_lm_as_rm_scorer(tiny_llama_lm_dir, tmp_path, capsys):
     code, err = run_cli(capsys, "decode", "--policy.model", str(tiny_llama_lm_dir), "--scorer.name",
                         f"rm:{tiny_llama_lm_dir}", "--output", str(tmp_path / "o.jsonl"), "--data.limit", "1",
-                        "--search.n", "2", "--search.max_new_tokens", "2", "--progress", "false")
+                        "--search.best_of_n.n", "2", "--search.max_new_tokens", "2", "--progress", "false")
     assert code == 2 and str(tiny_llama_lm_dir) in err and "not a trained reward model" in err
     assert "Traceback" not in err
     assert not (tmp_path / "o.jsonl").exists() or not (tmp_path / "o.jsonl").read_text().strip()
