@@ -26,6 +26,8 @@ The operations the searches need:
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +58,26 @@ def _masked_gqa(device: torch.device) -> Iterator[None]:
         yield
     finally:
         os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_kwarg_of(forward_owner: type) -> str:
+    try:
+        params = inspect.signature(forward_owner.forward).parameters  # follows the decorators' __wrapped__
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwarg(backbone: Any) -> str:
+    """The keyword a decoder takes its ``Cache`` object by: ``cache`` or the older ``past_key_values``.
+
+    transformers 5.2x renamed ``past_key_values=`` to ``cache=`` and warns (``FutureWarning``) that the old name
+    goes in 5.40 (``@deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")`` on every decoder's
+    ``forward``); releases before the rename (down to our lower bound, 4.56) only know ``past_key_values``.
+    Read from the model class's own signature, so both kinds work without a version table.
+    """
+    return _cache_kwarg_of(type(backbone)) if hasattr(type(backbone), "forward") else "past_key_values"
 
 
 class KVState:
@@ -132,11 +154,12 @@ class KVState:
         # RoPE position = number of real tokens before this one (holes do not count).
         position_ids = self.mask.sum(1, keepdim=True) + torch.arange(T, device=device)[None, :]
         full_mask = torch.cat([self.mask, new_mask], dim=1)
+        # A Cache object is updated in place; the output's copy of it is not read (``out.past_key_values``
+        # is itself deprecated in 5.2x and logs a warning).
         out = backbone(
             input_ids=new_ids, attention_mask=full_mask, position_ids=position_ids,
-            past_key_values=self.cache, use_cache=True,
+            use_cache=True, **{cache_kwarg(backbone): self.cache},
         )
-        self.cache = out.past_key_values
         self.mask = full_mask
         for i, t in enumerate(tokens):
             self.ids[i].extend(int(x) for x in t)
@@ -195,9 +218,8 @@ class KVState:
         with _masked_gqa(torch.device(device)):
             out = backbone(
                 input_ids=new_ids, attention_mask=mask4d[:, None], position_ids=position_ids,
-                past_key_values=self.cache, use_cache=True,
+                use_cache=True, **{cache_kwarg(backbone): self.cache},
             )
-        self.cache = out.past_key_values
         self.mask = torch.cat([self.mask, real.long()], dim=1)
         return out.last_hidden_state, columns
 
