@@ -505,21 +505,20 @@ class FreeScorer:
 
 
 def run_search(name: str, policy: Any, scorer: Any, prompts: Sequence[Any], shapes: Shapes, new_tokens: int) -> list:
-    """Every search the suite times goes through here (re-point when the search registry lands)."""
-    from decoding.args import args_decode
-    from decoding.beam_search import chunk_beam_search
-    from decoding.best_of_n import best_of_n
+    """Every search the suite times goes through here: the registry's one run signature."""
     from decoding.policy import SamplingParams
+    from decoding.search import SEARCHES
 
-    sampling = SamplingParams(temperature=1.0)
-    if name == "args":
-        return args_decode(policy, scorer, list(prompts), k=shapes.args_k, w=1.5, max_new_tokens=new_tokens)
-    if name == "cbs":
-        W, K, L = shapes.cbs
-        return chunk_beam_search(policy, scorer, list(prompts), W, K, L, sampling, new_tokens, seed=0)
-    if name == "bon":
-        return best_of_n(policy, scorer, list(prompts), shapes.bon_n, sampling, new_tokens, seed=0)
-    raise ValueError(f"unknown search {name!r}")
+    W, K, L = shapes.cbs
+    params = {"args": ("args", dict(k=shapes.args_k, w=1.5)),
+              "cbs": ("cbs", dict(beam_width=W, successors=K, chunk_length=L)),
+              "bon": ("best_of_n", dict(n=shapes.bon_n))}
+    if name not in params:
+        raise ValueError(f"unknown search {name!r}")
+    method, values = params[name]
+    entry = SEARCHES[method]
+    return entry.run(policy, scorer, list(prompts), entry.params(**values), SamplingParams(temperature=1.0),
+                     new_tokens, seed=0)
 
 
 def make_prompts(policy: Any, n: int, length: int, seed: int = 3) -> list[Any]:
