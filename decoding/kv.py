@@ -106,7 +106,7 @@ class GrowingLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
+        if getattr(self, "keys", None) is None or self.keys.numel() == 0:  # nothing cached yet (or after reset)
             self.dtype, self.device = key_states.dtype, key_states.device
             self.is_initialized = True
             self.keys, self.values = key_states, value_states
