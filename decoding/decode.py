@@ -404,15 +404,20 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
             seconds = (time.perf_counter() - t0) / len(batch)
             for r in results:
                 best = r.best_candidate
+                # A prefill is stored as part of the response (the whole assistant turn, as the scorer read it)
+                # and `messages` is the conversation without it, so (messages, response) is what was scored.
+                prefill = r.prompt.prefill
                 record = {
+                    **r.prompt.meta,
                     "id": r.prompt.id, "prompt": r.prompt.question, "preference": r.prompt.preference,
-                    "messages": r.prompt.messages, "response": policy.decode(best.token_ids), "score": best.score,
-                    "complete": best.complete, "best_index": r.best, "n": len(r.candidates),
-                    "search": search.method, "scorer": cfg.scorer.name,
+                    "messages": r.prompt.context_messages, "response": prefill + policy.decode(best.token_ids),
+                    "prefill": prefill or None, "response_includes_prefill": bool(prefill),
+                    "score": best.score, "complete": best.complete, "best_index": r.best, "n": len(r.candidates),
+                    "search": search.method, "scorer": cfg.scorer.name, "policy": cfg.policy.model,
                 }
                 if cfg.save_candidates:
                     record["candidates"] = [
-                        {"response": policy.decode(c.token_ids), "score": c.score, "complete": c.complete}
+                        {"response": prefill + policy.decode(c.token_ids), "score": c.score, "complete": c.complete}
                         for c in r.candidates
                     ]
                 record["compute"] = {**meter.for_group(r.prompt.index), "seconds": round(seconds, 4)}

@@ -21,6 +21,13 @@ A tokenized side is four runs of ids::
 * ``suffix_ids``  -- structural trailing special tokens every sequence carries
   (BERT's final ``[SEP]``). Empty for decoder-only models, which is what makes
   one-pass prefix scoring possible (see ``sp_prm.scoring``).
+
+**Prefill.** A conversation whose last message is the assistant's is *continued*:
+that message is the forced start of the response (AdvBench's "Sure here's" as an
+assistant prefill). :func:`render_generation_prompt` leaves it open for the policy
+to continue, and :func:`encode` scores it as the first part of the response
+(``prefill + response`` is the assistant turn), so a policy and a reward model agree
+on what the assistant said.
 """
 
 from __future__ import annotations
@@ -136,6 +143,26 @@ def uses_chat_template(tokenizer: Any, fmt: PrefixFormat) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def split_prefill(messages: Sequence[Message]) -> tuple[list[Message], str]:
+    """``(context, prefill)``: a final assistant message is the forced start of the response (see the module
+    docstring); ``prefill`` is ``""`` when the conversation ends with another role."""
+    msgs = list(messages)
+    if msgs and msgs[-1].get("role") == "assistant":
+        return msgs[:-1], str(msgs[-1]["content"])
+    return msgs, ""
+
+
+def render_generation_prompt(tokenizer: Any, messages: Sequence[Message], fmt: PrefixFormat) -> str:
+    """The text a policy continues: the prompt with the assistant cue, or -- after a prefill -- the prompt with
+    the assistant turn opened and its forced start written, left open (chat: ``continue_final_message``)."""
+    context, prefill = split_prefill(messages)
+    if uses_chat_template(tokenizer, fmt):
+        if prefill:
+            return tokenizer.apply_chat_template(list(messages), tokenize=False, continue_final_message=True)
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return render_plain_prompt(context) + (f" {prefill}" if prefill else "")
+
+
 def render_plain_prompt(messages: Sequence[Message]) -> str:
     """HH-RLHF style transcript ending with the assistant cue."""
     parts = [f"\n\n{_PLAIN_ROLES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
@@ -146,8 +173,10 @@ def render(tokenizer: Any, messages: Sequence[Message], response: str, fmt: Pref
     """Render a conversation to text.
 
     Returns ``(full_text, prompt_end, content_start, content_end)`` as character
-    offsets into ``full_text``.
+    offsets into ``full_text``. A prefill (final assistant message) is the start of the response.
     """
+    messages, prefill = split_prefill(messages)
+    response = prefill + response
     if uses_chat_template(tokenizer, fmt):
         prompt_text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(

@@ -28,7 +28,7 @@ from decoding.metrics.report import markdown_table, write_atomic, write_json
 from decoding.metrics.stats import summarize
 from sp_prm.formatting import PrefixFormat
 
-MODEL_FREE = ("diversity", "length", "rouge_l", "gsm8k_accuracy", "asr")
+MODEL_FREE = ("diversity", "length", "rouge_l", "gsm8k_accuracy", "asr", "asr_target", "asr_target_body")
 METRICS = (*MODEL_FREE, "reward", "coherence", "judge_pairwise", "judge_gsm8k")
 NEEDS_REFERENCE = ("rouge_l", "gsm8k_accuracy")
 
@@ -144,6 +144,11 @@ class MetricsConfig:
     asr_anywhere: bool = dataclasses.field(
         default=True, metadata={"help": "Refusal phrase anywhere in the response (authors' rule) vs at its start."}
     )
+    asr_target_field: str = dataclasses.field(
+        default="target",
+        metadata={"help": "AdvBench target string of each record (asr_target, asr_target_body); records without it "
+                  "take it from references.path (e.g. harmful_behaviors.csv with references.field: target)."},
+    )
     bootstrap_resamples: int = dataclasses.field(default=1000, metadata={"help": "Bootstrap resamples for the CIs."})
     bootstrap_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the bootstrap."})
     confidence: float = dataclasses.field(default=0.95, metadata={"help": "Confidence level of the intervals."})
@@ -200,6 +205,17 @@ def load_run(path: str, config: MetricsConfig) -> list[dict[str, Any]]:
     return records
 
 
+def run_modes(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """How a run's prompts were posed, from what its records say: AdvBench ``sure_mode``, the assistant
+    ``prefill`` and whether ``response`` includes it (each: the distinct values seen)."""
+    out = {}
+    for key in ("sure_mode", "prefill", "response_includes_prefill"):
+        seen = {json.dumps(r[key]) for r in records if key in r}
+        if seen:
+            out[key] = [json.loads(v) for v in sorted(seen)]
+    return out
+
+
 def _context(rec: dict[str, Any], config: MetricsConfig) -> Any:
     return rec.get(config.messages_field) or rec[config.prompt_field]
 
@@ -217,7 +233,8 @@ def _references(records: list[dict[str, Any]], config: MetricsConfig, cache: dic
 
 
 def model_free_values(
-    records: list[dict[str, Any]], config: MetricsConfig, references: list[Any] | None
+    records: list[dict[str, Any]], config: MetricsConfig, references: list[Any] | None,
+    targets: list[Any] | None = None,
 ) -> dict[str, list[Any]]:
     """Per-record values of the metrics that need no model."""
     responses = [r[config.response_field] for r in records]
@@ -237,7 +254,27 @@ def model_free_values(
             float(advbench.attack_success(r, case_sensitive=config.asr_case_sensitive, anywhere=config.asr_anywhere))
             for r in responses
         ]
+    rules = {"asr_target": advbench.target_match, "asr_target_body": advbench.target_body_match}
+    if any(m in config.metrics for m in rules):
+        targets = targets or [None] * len(records)
+        for name, rule in rules.items():
+            if name in config.metrics:
+                out[name] = [None if t is None else float(rule(r, str(t))) for r, t in zip(responses, targets)]
     return out
+
+
+def _targets(records: list[dict[str, Any]], config: MetricsConfig, cache: dict[str, Any]) -> list[Any]:
+    """AdvBench targets: the records' own ``asr_target_field``, else joined from ``references.path``."""
+    if all(config.asr_target_field in r for r in records):
+        return [r[config.asr_target_field] for r in records]
+    if config.references.path:
+        return _references(records, config, cache)
+    missing = next(i for i, r in enumerate(records) if config.asr_target_field not in r)
+    raise KeyError(
+        f"record {record_id(records[missing], missing, config.id_field)!r} has no field {config.asr_target_field!r} "
+        "for target-match ASR; decode prompts from `python -m decoding.metrics.advbench` (sp-prm decode keeps their "
+        "target), or set references.path to harmful_behaviors.csv with references.field: target"
+    )
 
 
 def _reward_values(runs: dict[str, list[dict[str, Any]]], config: MetricsConfig) -> dict[str, list[float | None]]:
@@ -342,7 +379,9 @@ def compute(config: MetricsConfig) -> dict[str, Any]:
     for name, records in runs.items():
         needs_ref = any(m in config.metrics for m in NEEDS_REFERENCE)
         refs = _references(records, config, ref_cache) if needs_ref else None
-        values[name] = model_free_values(records, config, refs)
+        needs_target = any(m in config.metrics for m in ("asr_target", "asr_target_body"))
+        targets = _targets(records, config, ref_cache) if needs_target else None
+        values[name] = model_free_values(records, config, refs, targets)
     if "reward" in config.metrics:
         for name, vals in _reward_values(runs, config).items():
             values[name]["reward"] = vals
@@ -370,7 +409,7 @@ def compute(config: MetricsConfig) -> dict[str, Any]:
             m: summarize(v, config.bootstrap_resamples, config.confidence, config.bootstrap_seed)
             for m, v in values[name].items() if m != "judge_verdicts"
         }
-        summaries[name] = {"path": path, "n_records": len(records), "metrics": metrics}
+        summaries[name] = {"path": path, "n_records": len(records), "metrics": metrics, "modes": run_modes(records)}
     results = {"runs": summaries, "judge": judge_info, "config": asdict(config)}
 
     out_dir = Path(config.output_dir)
