@@ -59,7 +59,7 @@ from decoding.prompts import DataConfig, load_prompts
 from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
 from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
-from sp_prm.formatting import PrefixFormat
+from sp_prm.formatting import PrefixFormat, require_same_format
 
 METHODS = ("best_of_n", "dvts", "args", "cbs", "cards")
 
@@ -320,7 +320,9 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
         cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_reward_model(path, dtype=sc.dtype, device=device,
                               trust_remote_code=cfg.policy.trust_remote_code, pad_token_id=tokenizer.pad_token_id)
-    prefix = sc.prefix or trained_prefix_format(model) or PrefixFormat()
+    trained = trained_prefix_format(model)
+    prefix = sc.prefix or trained or PrefixFormat()
+    require_same_format(trained, prefix, path)  # e.g. end_marker: the PRM's own mode, not another
     return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
                              max_batch_size=sc.max_batch_size, meter=meter)
 
