@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,10 @@ class CoherenceConfig:
     """The sentence embedder of the 'coherence' metric."""
 
     model: str = dataclasses.field(default="builtin:all-minilm-l6-v2", metadata={"help": "Encoder path / id (e.g. a SimCSE model)."})
-    pooling: str = dataclasses.field(default="auto", metadata={"help": "auto (folder's sentence-transformers config) | mean | cls."})
+    pooling: str = dataclasses.field(
+        default="auto", metadata={"help": "auto (a sentence-transformers folder's config; SimCSE checkpoints as SimCSE "
+                                  "evaluates them: pooler output if supervised, [CLS] if unsup; else mean) | mean | "
+                                  "cls | pooler."})
     backend: str = dataclasses.field(default="transformers", metadata={"help": "transformers | sentence-transformers."})
     max_length: int | None = dataclasses.field(default=None, metadata={"help": "Truncation in tokens (default: the folder's)."})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "Texts per forward pass."})
@@ -307,6 +311,25 @@ def _coherence_values(runs: dict[str, list[dict[str, Any]]], config: MetricsConf
     }
 
 
+def guides_and_judges(runs: dict[str, list[dict[str, Any]]], config: MetricsConfig) -> dict[str, str]:
+    """``role -> model`` for every model that steered or judges these runs: each run's guide as its records say
+    (``scorer: rm:<path>``; for ``rear`` / ``genrm`` the policy itself, the record's ``policy``), the reward
+    metric's RM and the LLM judge."""
+    out: dict[str, str] = {}
+    for name, records in runs.items():
+        for rec in records:
+            scorer = rec.get("scorer")
+            if isinstance(scorer, str) and scorer.startswith("rm:"):
+                out.setdefault(f"guide of run {name!r}", scorer[3:])
+            elif scorer in ("rear", "genrm") and isinstance(rec.get("policy"), str):
+                out.setdefault(f"guide ({scorer}: the policy) of run {name!r}", rec["policy"])
+    if "reward" in config.metrics and config.reward.model:
+        out["reward-metric RM"] = config.reward.model
+    if any(m.startswith("judge_") for m in config.metrics) and config.judge.model:
+        out["LLM judge"] = config.judge.model
+    return out
+
+
 def _judge_client(config: MetricsConfig) -> Any:
     from decoding.metrics.judge import JudgeClient
 
@@ -385,7 +408,13 @@ def compute(config: MetricsConfig) -> dict[str, Any]:
     if "reward" in config.metrics:
         for name, vals in _reward_values(runs, config).items():
             values[name]["reward"] = vals
+    notes: list[str] = []
     if "coherence" in config.metrics:
+        from decoding.metrics.coherence import shared_backbones
+
+        for line in shared_backbones(config.coherence.model, guides_and_judges(runs, config)):
+            warnings.warn(line, stacklevel=2)
+            notes.append(line)
         for name, vals in _coherence_values(runs, config).items():
             values[name]["coherence"] = vals
     baseline, judge_info = None, None
@@ -410,11 +439,12 @@ def compute(config: MetricsConfig) -> dict[str, Any]:
             for m, v in values[name].items() if m != "judge_verdicts"
         }
         summaries[name] = {"path": path, "n_records": len(records), "metrics": metrics, "modes": run_modes(records)}
-    results = {"runs": summaries, "judge": judge_info, "config": asdict(config)}
+    results = {"runs": summaries, "judge": judge_info, "warnings": notes, "config": asdict(config)}
 
     out_dir = Path(config.output_dir)
     write_json(out_dir / "results.json", results)
-    write_atomic(out_dir / "results.md", markdown_table(summaries, config.confidence, baseline))
+    table = markdown_table(summaries, config.confidence, baseline)
+    write_atomic(out_dir / "results.md", table + "".join(f"\nWarning: {line}\n" for line in notes))
     lines = []
     for name, records in runs.items():
         for i, rec in enumerate(records):
