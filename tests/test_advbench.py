@@ -116,11 +116,17 @@ class HandBuiltPolicy(Policy):
 
 SEARCHES = {
     "best_of_n": {"n": 3},
-    "args": {"args_k": 3},
+    "args": {"k": 3},
     "cbs": {"beam_width": 2, "successors": 2, "chunk_length": 3},
-    "cards": {"cards_r_start": -1e9, "cards_r_end": -1e9, "cards_max_segment_tokens": 3},
+    "cards": {"r_start": -1e9, "r_end": -1e9, "max_segment_tokens": 3},
     "dvts": {"n": 4, "width": 2, "max_steps": 3, "max_step_tokens": 3, "delimiter": "e"},
 }
+
+
+def test_every_registered_search_is_covered():
+    from decoding.search import SEARCHES as REGISTRY
+
+    assert set(SEARCHES) == set(REGISTRY)  # a new search gets a prefill case here
 
 
 @pytest.mark.parametrize("method", list(SEARCHES))
@@ -136,7 +142,7 @@ def test_every_search_continues_the_prefill(method, tmp_path, tiny_llama_lm, smo
                                ("ref", bare, HandBuiltPolicy(tiny_llama_lm, smollm_tokenizer))):
         cfg = build(DecodeConfig, {"data": {"path": str(data)}, "output": str(tmp_path / f"{name}.out.jsonl"),
                                    "progress": False, "scorer": {"name": "rear", "lam": 1.0},
-                                   "search": {"method": method, "max_new_tokens": 6, **SEARCHES[method]}})
+                                   "search": {"method": method, "max_new_tokens": 6, method: SEARCHES[method]}})
         out = run(cfg, policy=policy, scorer=RearScorer(policy, 1.0))
         outs[name] = [json.loads(x) for x in out.read_text().splitlines()]
     rows = advbench_rows(2)

@@ -15,12 +15,12 @@ pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm", reason="the vllm tier needs vLLM: bash scripts/install.sh --vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-from decoding.best_of_n import best_of_n  # noqa: E402
 from decoding.decode import DecodeConfig, run  # noqa: E402
 from decoding.metrics import advbench  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
 from decoding.prompts import DataConfig, load_prompts  # noqa: E402
 from decoding.scorers import RearScorer  # noqa: E402
+from decoding.search.best_of_n import best_of_n  # noqa: E402
 from decoding.types import Meter  # noqa: E402
 from decoding.vllm_policy import LocalEngine, VllmPolicy  # noqa: E402
 from sp_prm.config import build  # noqa: E402
@@ -72,7 +72,7 @@ def test_vllm_continues_the_prefill(engine, tokenizer, hf, prompt_file, tmp_path
             assert torch.allclose(torch.tensor(c.logprobs + c.end_logprobs), ref, atol=1e-3)
     cfg = build(DecodeConfig, {"policy": {"backend": "vllm"}, "data": {"path": str(prompt_file)},
                                "output": str(tmp_path / "o.jsonl"), "progress": False,
-                               "search": {"n": 2, "max_new_tokens": 8}, "scorer": {"name": "rear", "lam": 1.0}})
+                               "search": {"max_new_tokens": 8, "best_of_n": {"n": 2}}, "scorer": {"name": "rear", "lam": 1.0}})
     lines = [json.loads(x) for x in run(cfg, policy=policy).read_text().splitlines()]
     for x in lines:
         assert x["response"].startswith(advbench.SURE_HERES) and x["response_includes_prefill"] is True
