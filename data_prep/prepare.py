@@ -152,9 +152,7 @@ def fingerprint(config: PrepareConfig) -> str:
     params = asdict(config)
     for key in ("output_dir", "overwrite", "chunk_size", "reference_device", "reference_batch_tokens"):
         params.pop(key)
-    # end_marker is a mode name now; the older booleans keep their fingerprints (complete = true, never = false).
-    params["prefix"]["end_marker"] = {"complete": True, "never": False}.get(params["prefix"]["end_marker"],
-                                                                           params["prefix"]["end_marker"])
+    params["prefix"] = config.prefix.legacy_dict()  # end_marker modes hash as the older booleans
     params["source_signature"] = _source_signature(config.source)
     params["version"] = __version__
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -102,6 +102,13 @@ class PrefixFormat:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    def legacy_dict(self) -> dict[str, Any]:
+        """``to_dict()`` with ``complete`` / ``never`` written as the older ``true`` / ``false``: what fingerprints
+        hash, so data and runs made before the named modes keep their fingerprints."""
+        d = self.to_dict()
+        d["end_marker"] = {"complete": True, "never": False}.get(d["end_marker"], d["end_marker"])
+        return d
+
     def marks(self, complete: bool) -> bool:
         """Whether a response that is (or is not) complete carries the completion marker."""
         return self.end_marker == "always" or (self.end_marker == "complete" and bool(complete))

@@ -151,7 +151,7 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
         raise ValueError(f"{config.dataset}: no usable pair (loader report {report.to_dict()}, skipped {skipped})")
     card = {"source": config.dataset, "loader": report.to_dict(), "skipped_at_tokenization": skipped,
             "fingerprint": _fingerprint([config.dataset, config.format, config.columns, config.split, config.limit,
-                                         prefix.to_dict()])}
+                                         prefix.legacy_dict()])}
     return Dataset.from_dict(rows), card, prefix
 
 

@@ -65,6 +65,9 @@ def test_modes_by_hand(smollm_tokenizer):
     assert PrefixFormat(**{**PrefixFormat().to_dict(), "end_marker": True}) == PrefixFormat()
     with pytest.raises(ValueError, match="end_marker must be one of"):
         PrefixFormat(end_marker="partial")
+    # fingerprints hash the older booleans, so data prepared before the named modes is still recognised
+    assert PrefixFormat().legacy_dict() == {**PrefixFormat().to_dict(), "end_marker": True}
+    assert PrefixFormat(end_marker="always").legacy_dict()["end_marker"] == "always"
     assert PrefixFormat().prefixes_nest and not PrefixFormat(end_marker="always").prefixes_nest
     with pytest.raises(ValueError, match="always"):
         enc.reward_index(2, "always")
