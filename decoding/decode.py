@@ -131,6 +131,11 @@ class ScorerConfig:
         metadata={"help": "How an rm: scorer renders (prompt, partial response); null: the format an sp-prm "
                   "model was trained with (config.sp_prm), else the PrefixFormat defaults."},
     )
+    backend: str = field(default="hf", metadata={
+        "help": "rm: scorers: hf (transformers in this process) | vllm (a vLLM pooling engine: in-process, or "
+                "scorer.vllm.url; see decoding.engine_scorer)."})
+    vllm: VllmConfig = field(default_factory=VllmConfig, metadata={
+        "help": "scorer.backend vllm: the pooling engine (url: a `vllm serve <prm> --runner pooling`)."})
 
     def __post_init__(self) -> None:
         if self.name not in ("rear", "genrm") and not self.name.startswith("rm:"):
@@ -143,6 +148,12 @@ class ScorerConfig:
             raise ValueError(f"scorer.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
+        if isinstance(self.vllm, dict):
+            self.vllm = VllmConfig(**self.vllm)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"scorer.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "vllm" and not self.name.startswith("rm:"):
+            raise ValueError(f"scorer.backend: vllm serves rm: reward models; scorer {self.name!r} runs on the policy")
 
 
 @dataclass
@@ -314,6 +325,10 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
     from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
 
     path = sc.name[3:]
+    if sc.backend == "vllm":
+        from decoding.engine_scorer import build_engine_scorer
+
+        return build_engine_scorer(path, sc.vllm, sc.prefix, sc.dtype, cfg.policy.trust_remote_code, cfg.seed, meter)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.policy.trust_remote_code)
     # The RM runs here with transformers on either backend (on vllm: the policy's device setting, else cuda if any).
     device = str(policy.device) if cfg.policy.backend == "hf" else (
