@@ -108,6 +108,7 @@ class Recording:
         self.inner = scorer
         self.calls: list[list[list[int]]] = []
         self.seconds = 0.0  # in the scorer's calls alone
+        self.scores: list[torch.Tensor] = []
         self.additive, self.default_aggregation = scorer.additive, scorer.default_aggregation
 
     @property
@@ -123,6 +124,7 @@ class Recording:
         t0 = time.perf_counter()
         out = self.inner.score(prompts, partials)
         self.seconds += time.perf_counter() - t0
+        self.scores.append(out)
         return out
 
 
@@ -213,12 +215,15 @@ def main() -> None:
 
     same = all([c.token_ids for c in a.candidates] == [c.token_ids for c in b.candidates]
                for a, b in zip(hf_res, eng_res))
-    diffs = [abs(x.score - y.score) for a, b in zip(hf_res, eng_res) for x, y in zip(a.candidates, b.candidates)]
+    # rewards of the same candidates: every call up to the first whose candidates differ
+    k = next((i for i, (x, y) in enumerate(zip(hf_scorer.calls, eng_scorer.calls)) if x != y), len(eng_scorer.calls))
+    diffs = [float((x - y).abs().max()) for x, y in zip(hf_scorer.scores[:k], eng_scorer.scores[:k])]
     new, n, _ = new_and_floor(eng_scorer.calls, engine.block_size)
     _, _, model16 = new_and_floor(eng_scorer.calls, 16)
     _, _, model_b = new_and_floor(eng_scorer.calls, engine.block_size)
     computed, cached = eng_meter.total("scorer_tokens"), eng_meter.total("scorer_tokens_cached")
-    print(f"same final beams on both scorers: {same}; max |score difference| {max(diffs):.2e}")
+    print(f"same final beams on both scorers: {same}; the scorer calls are the same candidates up to call {k} of "
+          f"{len(eng_scorer.calls)}, max |reward difference| there {max(diffs, default=0.0):.2e}")
     print(f"{n} candidates scored in {len(eng_scorer.calls)} calls; new tokens {new}")
     print(f"HF scorer    : {hf_dt:7.2f} s search wall time, {hf_scorer.seconds:6.2f} s in the scorer; scorer tokens computed {hf_meter.total('scorer_tokens')} "
           f"({hf_meter.total('scorer_tokens') / new:.2f}x new)")
