@@ -170,10 +170,10 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from decoding.beam_search import chunk_beam_search
     from decoding.engine_scorer import EngineRewardScorer, LocalRewardEngine, checkpoint_format
     from decoding.policy import Policy, SamplingParams
     from decoding.scorers import RewardModelScorer
+    from decoding.search.cbs import chunk_beam_search
     from decoding.types import Meter
     from sp_prm.models import load_reward_model, load_tokenizer, resolve
 

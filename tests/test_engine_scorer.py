@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from decoding.best_of_n import best_of_n
 from decoding.decode import DecodeConfig, build_scorer
 from decoding.engine_scorer import (
     Classified,
@@ -24,6 +23,7 @@ from decoding.engine_scorer import (
 )
 from decoding.policy import Policy, SamplingParams
 from decoding.scorers import RewardModelScorer
+from decoding.search.best_of_n import best_of_n
 from decoding.types import Meter, Partial
 from decoding.vllm_policy import TOKENIZER_PROBE, EngineError
 from sp_prm.config import build

@@ -26,15 +26,15 @@ pytest.importorskip("vllm", reason="the vllm tier needs vLLM: bash scripts/insta
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 from bench.bench_vllm_scorer import hh_prompts, make_hh_prm, new_and_floor  # noqa: E402
-from decoding.args import args_decode  # noqa: E402
-from decoding.beam_search import chunk_beam_search  # noqa: E402
-from decoding.best_of_n import best_of_n  # noqa: E402
-from decoding.cards import CardsParams, cards  # noqa: E402
 from decoding.decode import DecodeConfig, run  # noqa: E402
-from decoding.dvts import dvts  # noqa: E402
 from decoding.engine_scorer import EngineRewardScorer, LocalRewardEngine, ServerRewardEngine  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
 from decoding.scorers import RewardModelScorer  # noqa: E402
+from decoding.search.args import args_decode  # noqa: E402
+from decoding.search.best_of_n import best_of_n  # noqa: E402
+from decoding.search.cards import CardsParams, cards  # noqa: E402
+from decoding.search.cbs import chunk_beam_search  # noqa: E402
+from decoding.search.dvts import dvts  # noqa: E402
 from decoding.types import Meter  # noqa: E402
 from decoding.vllm_policy import EngineError, LocalEngine, VllmPolicy  # noqa: E402
 from sp_prm.config import build  # noqa: E402
@@ -189,8 +189,8 @@ def test_decode_run_with_scorer_backend_vllm(tmp_path, engine, hf_model, rm_toke
     data.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Question {i}: how do I boil an egg?"}) + "\n"
                             for i in range(2)))
     cfg = build(DecodeConfig, {"data": {"path": str(data)}, "output": str(tmp_path / "o.jsonl"), "progress": False,
-                               "search": {"method": "cbs", "beam_width": 2, "successors": 2, "chunk_length": 6,
-                                          "max_new_tokens": 12},
+                               "search": {"method": "cbs", "max_new_tokens": 12,
+                                          "cbs": {"beam_width": 2, "successors": 2, "chunk_length": 6}},
                                "scorer": {"name": f"rm:{prm}", "backend": "vllm"}})
     out = run(cfg, policy=policy, scorer=EngineRewardScorer(engine, rm_tokenizer, fmt))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
