@@ -90,6 +90,15 @@ def prompts():
     return hh_prompts(2)
 
 
+@pytest.fixture(scope="module")
+def tiny_policy():
+    """A random tiny Llama on SmolLM2's tokenizer: its samples cost nothing, and the scorers read them the same way."""
+    from tests.conftest import smollm_tokenizer_, tiny_llama_lm_
+
+    tok = smollm_tokenizer_()
+    return Policy(tiny_llama_lm_(tok), tok)
+
+
 def scorers(engine, hf_model, rm_tokenizer, fmt):
     return (EngineRewardScorer(engine, rm_tokenizer, fmt, meter=Meter()),
             RewardModelScorer(hf_model, rm_tokenizer, fmt, meter=Meter()))
@@ -116,18 +125,18 @@ def test_rewards_equal_the_hf_scorers(engine, hf_model, rm_tokenizer, fmt, polic
     assert m.for_group(0)["scorer_tokens_cached"] > 0 and m.for_group(1)["scorer_tokens_cached"] > 0
 
 
-def test_every_search_selects_what_the_hf_scorer_selects(engine, hf_model, rm_tokenizer, fmt, policy, prompts):
+def test_every_search_selects_what_the_hf_scorer_selects(engine, hf_model, rm_tokenizer, fmt, tiny_policy, prompts):
     """Same policy, same seeds: rewards equal within 1e-3, so every search keeps the same candidates."""
-    params = SamplingParams()
+    policy, params, ps = tiny_policy, SamplingParams(), prompts[:1]
     runs = {
-        "bon": lambda s: best_of_n(policy, s, prompts, 4, params, 16, seed=1),
-        "dvts": lambda s: dvts(policy, s, prompts, n=4, width=2, params=params, max_new_tokens=24, max_steps=3,
-                               max_step_tokens=8, seed=1),
-        "cbs": lambda s: chunk_beam_search(policy, s, prompts, 2, 2, 8, params, 24, seed=1),
-        "tbs": lambda s: chunk_beam_search(policy, s, prompts[:1], 2, 2, 1, params, 4, seed=1),
-        "cards": lambda s: cards(policy, s, prompts[:1], CardsParams(tau_u=3.0, r_start=-50.0, r_end=-50.0,
-                                                                      max_segment_tokens=8), params, 16, seed=1),
-        "args": lambda s: args_decode(policy, s, prompts[:1], k=3, w=1.5, max_new_tokens=4, seed=1),
+        "bon": lambda s: best_of_n(policy, s, ps, 3, params, 8, seed=1),
+        "dvts": lambda s: dvts(policy, s, ps, n=4, width=2, params=params, max_new_tokens=8, max_steps=2,
+                               max_step_tokens=4, seed=1),
+        "cbs": lambda s: chunk_beam_search(policy, s, ps, 2, 2, 4, params, 8, seed=1),
+        "tbs": lambda s: chunk_beam_search(policy, s, ps, 2, 2, 1, params, 2, seed=1),
+        "cards": lambda s: cards(policy, s, ps, CardsParams(tau_u=3.0, r_start=-50.0, r_end=-50.0,
+                                                            max_segment_tokens=4), params, 8, seed=1),
+        "args": lambda s: args_decode(policy, s, ps, k=2, w=1.5, max_new_tokens=2, seed=1),
     }
     for name, go in runs.items():
         eng, hf = scorers(engine, hf_model, rm_tokenizer, fmt)
@@ -139,7 +148,7 @@ def test_every_search_selects_what_the_hf_scorer_selects(engine, hf_model, rm_to
         assert eng.meter.total("scorer_tokens_cached") > 0, name  # later steps read the earlier steps' blocks
 
 
-def test_cbs_scorer_compute_within_one_block_per_candidate(engine, hf_model, rm_tokenizer, fmt, policy, prompts):
+def test_cbs_scorer_compute_within_one_block_per_candidate(engine, hf_model, rm_tokenizer, fmt, tiny_policy, prompts):
     eng, _ = scorers(engine, hf_model, rm_tokenizer, fmt)
     calls: list[list[list[int]]] = []
     computed: list[int] = []
@@ -154,7 +163,7 @@ def test_cbs_scorer_compute_within_one_block_per_candidate(engine, hf_model, rm_
 
     eng.score = recording
     engine.reset_prefix_cache()
-    chunk_beam_search(policy, eng, prompts, 4, 4, 12, SamplingParams(), 36, seed=3)
+    chunk_beam_search(tiny_policy, eng, prompts, 4, 4, 12, SamplingParams(), 36, seed=3)
     assert len(calls) >= 2
     for k in range(len(calls)):  # per call: computed <= its new tokens + one block per candidate
         new_k = new_and_floor(calls[: k + 1], BLOCK)[0] - new_and_floor(calls[:k], BLOCK)[0]
