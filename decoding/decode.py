@@ -57,7 +57,7 @@ import torch
 from decoding.backend import token_level_error
 from decoding.policy import Policy, SamplingParams
 from decoding.prompts import DataConfig, load_prompts
-from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, GenRMScorer, RearScorer
 from decoding.search import SEARCHES, SearchConfig
 from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
@@ -243,7 +243,7 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
     model = load_reward_model(path, dtype=sc.dtype, device=device,
                               trust_remote_code=cfg.policy.trust_remote_code, pad_token_id=tokenizer.pad_token_id)
     prefix = sc.prefix or trained_prefix_format(model) or PrefixFormat()
-    return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
+    return ClassifierScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
                              max_batch_size=sc.max_batch_size, meter=meter)
 
 

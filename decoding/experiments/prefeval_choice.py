@@ -56,7 +56,7 @@ from decoding.experiments.common import (
     use_meter,
     write_summary_files,
 )
-from decoding.rear_sweep import rear_scores
+from decoding.scorers.rear import rear_scores
 from decoding.types import Meter, Partial, Prompt
 
 LETTERS = "ABCD"

@@ -12,7 +12,7 @@ in the policy's context. Per prompt, with the same seeds for every method:
 * ``bon``: N candidates sampled once; REAR's two sums ``A`` (question only) and
   ``B`` (with the preference) kept per candidate, so Best-of-N with REAR at every
   lambda, with and without length normalisation, is a post-hoc selection that
-  equals a separate ``best_of_n`` run per lambda (``decoding.rear_sweep``); the
+  equals a separate ``best_of_n`` run per lambda (``decoding.scorers.rear``); the
   random pick (expected over the N) and the oracle (any of the N satisfies) come
   from the same candidates;
 * ``genrm``: the same N candidates scored by the policy as its own yes/no judge
@@ -64,7 +64,7 @@ from decoding.experiments.common import (
 )
 from decoding.policy import SamplingParams
 from decoding.prompts import DataConfig, to_prompt
-from decoding.rear_sweep import rear_scores
+from decoding.scorers.rear import rear_scores
 from decoding.types import Meter
 from decoding.verifiable import PREFERENCES, build_prompts
 
@@ -175,8 +175,8 @@ def _verify(name: str, text: str) -> bool:
 
 def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> Path:
     """Decode every pending prompt into ``output_dir/records.jsonl``; models can be passed in (tests)."""
-    from decoding.rear_sweep import best_of_n_terms
     from decoding.scorers import GenRMScorer, RearScorer
+    from decoding.scorers.rear import best_of_n_terms
     from decoding.search.best_of_n import best_of_n
     from decoding.search.dvts import dvts
 
