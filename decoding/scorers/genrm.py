@@ -17,6 +17,7 @@ from decoding.policy import Policy
 from decoding.prefix_cache import PrefixCache
 from decoding.scorers.base import check_lengths
 from decoding.types import Meter, Partial, Prompt
+from sp_prm.formatting import split_prefill
 
 GENRM_JUDGE = (
     "Please act as an impartial judge and evaluate the quality of the assistant's response. "
@@ -75,8 +76,10 @@ class GenRMScorer:
         if prompt.preference:
             messages.append({"role": "system", "content": prompt.preference})
         question_turns = prompt.question_messages if prompt.question_messages is not None else prompt.messages
+        question_turns, prefill = split_prefill(question_turns)  # the judge reads the whole assistant turn
         messages += [m for m in question_turns if m["role"] != "system" or not prompt.preference]
-        messages += [{"role": "assistant", "content": partial.text}, {"role": "user", "content": self.judge_prompt}]
+        messages += [{"role": "assistant", "content": prefill + partial.text},
+                     {"role": "user", "content": self.judge_prompt}]
         return self.policy.encode(messages) + list(
             self.policy.tokenizer(self.answer_prefix, add_special_tokens=False)["input_ids"]
         )

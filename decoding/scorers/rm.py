@@ -1,8 +1,9 @@
 """``ClassifierScorer``: a sequence-classification reward model (an ORM or a trained SP-PRM) as a search scorer.
 
 Any one-output classifier, encoder or decoder, with its own tokenizer. Ids are built with
-``sp_prm.formatting.encode`` exactly as in training: a partial response has no end marker, a
-complete one gets it when ``PrefixFormat.end_marker`` is on. Decoder RMs keep the KV cache of the
+``sp_prm.formatting.encode`` exactly as in training: the end marker goes where
+``PrefixFormat.end_marker`` says (complete responses only by default; ``always``: every prefix,
+the SP-PRM authors' mode). Decoder RMs keep the KV cache of the
 last call (``PrefixCache``: crop, then extend); encoders go through ``sp_prm.scoring.RewardScorer``
 (the raw batched forward over token ids, token-budget batches sorted by length).
 """
@@ -74,8 +75,8 @@ class ClassifierScorer:
         if partial.text.strip():
             unk = getattr(self.tokenizer, "unk_token_id", None)
             unknown = not enc.content_ids or (unk is not None and all(t == unk for t in enc.content_ids))
-        # A complete response carries the end marker (if the format uses one); a partial never does.
-        return enc.sequence(end_marker=partial.complete), unknown
+        # The end marker where the format puts it: complete responses only (default), never, or always.
+        return enc.sequence_for(self.format, complete=partial.complete), unknown
 
     def _check_encodable(self, prompts: Sequence[Prompt], partials: Sequence[Partial], unknown: list[bool]) -> None:
         """Every response unencodable: the RM cannot read this language (error). Some: degenerate samples such
