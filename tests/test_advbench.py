@@ -120,6 +120,7 @@ SEARCHES = {
     "cbs": {"beam_width": 2, "successors": 2, "chunk_length": 3},
     "cards": {"r_start": -1e9, "r_end": -1e9, "max_segment_tokens": 3},
     "dvts": {"n": 4, "width": 2, "max_steps": 3, "max_step_tokens": 3, "delimiter": "e"},
+    "pruned_bon": {"n": 4, "alpha": 0.5, "every": 2},
 }
 
 
