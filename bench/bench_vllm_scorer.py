@@ -170,9 +170,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from decoding.engine_scorer import EngineRewardScorer, LocalRewardEngine, checkpoint_format
     from decoding.policy import Policy, SamplingParams
-    from decoding.scorers import RewardModelScorer
+    from decoding.scorers import ClassifierScorer
+    from decoding.scorers.rm_engine import EngineRewardScorer, LocalRewardEngine, checkpoint_format
     from decoding.search.cbs import chunk_beam_search
     from decoding.types import Meter
     from sp_prm.models import load_reward_model, load_tokenizer, resolve
@@ -201,7 +201,7 @@ def main() -> None:
                                 args.tokens, seed=args.seed)
         return res, meter, time.perf_counter() - t0
 
-    hf_scorer = Recording(RewardModelScorer(load_reward_model(str(prm), "float32", "cpu"), rm_tok, fmt))
+    hf_scorer = Recording(ClassifierScorer(load_reward_model(str(prm), "float32", "cpu"), rm_tok, fmt))
     hf_res, hf_meter, hf_dt = run(hf_scorer)
 
     t0 = time.perf_counter()

@@ -60,7 +60,7 @@ import torch
 from decoding.backend import token_level_error
 from decoding.policy import Policy, SamplingParams
 from decoding.prompts import DataConfig, load_prompts
-from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, GenRMScorer, RearScorer
 from decoding.search import SEARCHES, SearchConfig
 from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
@@ -134,7 +134,7 @@ class ScorerConfig:
     )
     backend: str = field(default="hf", metadata={
         "help": "rm: scorers: hf (transformers in this process) | vllm (a vLLM pooling engine: in-process, or "
-                "scorer.vllm.url; see decoding.engine_scorer)."})
+                "scorer.vllm.url; see decoding.scorers.rm_engine)."})
     vllm: VllmConfig = field(default_factory=VllmConfig, metadata={
         "help": "scorer.backend vllm: the pooling engine (url: a `vllm serve <prm> --runner pooling`)."})
 
@@ -251,7 +251,7 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
 
     path = sc.name[3:]
     if sc.backend == "vllm":
-        from decoding.engine_scorer import build_engine_scorer
+        from decoding.scorers.rm_engine import build_engine_scorer
 
         return build_engine_scorer(path, sc.vllm, sc.prefix, sc.dtype, cfg.policy.trust_remote_code, cfg.seed, meter)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.policy.trust_remote_code)
@@ -263,7 +263,7 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
     trained = trained_prefix_format(model)
     prefix = sc.prefix or trained or PrefixFormat()
     require_same_format(trained, prefix, path)  # e.g. end_marker: the PRM's own mode, not another
-    return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
+    return ClassifierScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
                              max_batch_size=sc.max_batch_size, meter=meter)
 
 

@@ -47,7 +47,7 @@ import torch
 
 from decoding.backend import TokenState
 from decoding.policy import Sample, SamplingParams, delimiter_token_mask, encode_prompt, stop_and_pad_ids
-from decoding.types import Message, Meter
+from decoding.types import Message, Meter, candidate_seed
 from sp_prm.formatting import PrefixFormat
 
 # A text whose tokenization must agree between the engine and the local tokenizer (words,
@@ -389,11 +389,17 @@ class VllmPolicy:
         max_tokens: int | Sequence[int],
         stop_at_delimiter: bool = False,
         feed_final: bool = True,
+        offsets: Sequence[int] | None = None,
     ) -> list[Sample]:
         """Sample a continuation for every row of ``state`` (its ids are extended in place).
 
         ``feed_final`` has no cost here (nothing to feed: the engine re-reads the ids next time).
+        ``offsets[i] > 0`` (row ``i`` continues a candidate that already drew that many tokens from its
+        seed): an engine request cannot resume a seed's stream, so the request gets a seed derived from
+        (seed, offset) -- independent of the earlier segment's draws, as a fresh stream should be.
         """
+        if offsets is not None:
+            seeds = [int(s) if not o else candidate_seed(int(s), "continue", int(o)) for s, o in zip(seeds, offsets)]
         rows = len(state)
         if len(seeds) != rows:
             raise ValueError(f"sample got {len(seeds)} seeds for {rows} rows")

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from decoding.decode import DecodeConfig, build_scorer
-from decoding.engine_scorer import (
+from decoding.policy import Policy, SamplingParams
+from decoding.scorers import ClassifierScorer
+from decoding.scorers.rm_engine import (
     Classified,
     EngineRewardScorer,
     ServerRewardEngine,
     checkpoint_format,
 )
-from decoding.policy import Policy, SamplingParams
-from decoding.scorers import RewardModelScorer
 from decoding.search.best_of_n import best_of_n
 from decoding.types import Meter, Partial
 from decoding.vllm_policy import TOKENIZER_PROBE, EngineError
@@ -87,7 +87,7 @@ def test_engine_scorer_sends_the_hf_scorers_ids_and_counts_cache(tiny_llama_lm, 
     policy = Policy(tiny_llama_lm, smollm_tokenizer)
     P, R = candidates(policy)
     fmt = PrefixFormat(max_prompt_tokens=64)
-    hf = RewardModelScorer(tiny_llama_rm, smollm_tokenizer, fmt, cache=False)
+    hf = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, fmt, cache=False)
     engine = HFEngine(tiny_llama_rm, smollm_tokenizer)
     scorer = EngineRewardScorer(engine, smollm_tokenizer, fmt, meter=Meter())
     got = scorer.score(P, R)

@@ -27,9 +27,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 from bench.bench_vllm_scorer import hh_prompts, make_hh_prm, new_and_floor  # noqa: E402
 from decoding.decode import DecodeConfig, run  # noqa: E402
-from decoding.engine_scorer import EngineRewardScorer, LocalRewardEngine, ServerRewardEngine  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
-from decoding.scorers import RewardModelScorer  # noqa: E402
+from decoding.scorers import ClassifierScorer  # noqa: E402
+from decoding.scorers.rm_engine import EngineRewardScorer, LocalRewardEngine, ServerRewardEngine  # noqa: E402
 from decoding.search.args import args_decode  # noqa: E402
 from decoding.search.best_of_n import best_of_n  # noqa: E402
 from decoding.search.cards import CardsParams, cards  # noqa: E402
@@ -101,15 +101,15 @@ def tiny_policy():
 
 def scorers(engine, hf_model, rm_tokenizer, fmt):
     return (EngineRewardScorer(engine, rm_tokenizer, fmt, meter=Meter()),
-            RewardModelScorer(hf_model, rm_tokenizer, fmt, meter=Meter()))
+            ClassifierScorer(hf_model, rm_tokenizer, fmt, meter=Meter()))
 
 
 def test_rewards_equal_the_hf_scorers(engine, hf_model, rm_tokenizer, fmt, policy, prompts):
-    res = best_of_n(policy, RewardModelScorer(hf_model, rm_tokenizer, fmt), prompts, 4, SamplingParams(), 24, seed=2)
+    res = best_of_n(policy, ClassifierScorer(hf_model, rm_tokenizer, fmt), prompts, 4, SamplingParams(), 24, seed=2)
     P = [r.prompt for r in res for _ in r.candidates]
     R = [c.partial(policy) for r in res for c in r.candidates]
     eng, _ = scorers(engine, hf_model, rm_tokenizer, fmt)
-    ref = RewardModelScorer(hf_model, rm_tokenizer, fmt, cache=False).score(P, R)  # plain uncached forwards
+    ref = ClassifierScorer(hf_model, rm_tokenizer, fmt, cache=False).score(P, R)  # plain uncached forwards
     engine.reset_prefix_cache()
     got = eng.score(P, R)
     assert torch.allclose(got, ref, atol=1e-3), (got, ref)
@@ -184,7 +184,7 @@ def test_cbs_with_the_vllm_policy_and_the_engine_scorer(engine, hf_model, rm_tok
         res = chunk_beam_search(vpol, eng, prompts, 2, 3, 8, SamplingParams(), 16, seed=4)
         P = [r.prompt for r in res for _ in r.candidates]
         R = [c.partial(vpol) for r in res for c in r.candidates]
-        ref = RewardModelScorer(hf_model, rm_tokenizer, fmt, cache=False).score(P, R)
+        ref = ClassifierScorer(hf_model, rm_tokenizer, fmt, cache=False).score(P, R)
         assert [c.score for r in res for c in r.candidates] == pytest.approx(ref.tolist(), abs=1e-3)
         assert vpol.meter.total("scorer_tokens_cached") > 0 and vpol.meter.total("policy_tokens_cached") > 0
     finally:
@@ -244,7 +244,7 @@ def test_server_mode(prm, engine, hf_model, rm_tokenizer, fmt, policy, prompts, 
         P = [r.prompt for r in res for _ in r.candidates]
         R = [c.partial(policy) for r in res for c in r.candidates]
         assert m.total("scorer_tokens") > 0
-        ref = RewardModelScorer(hf_model, rm_tokenizer, fmt, cache=False).score(P, R)
+        ref = ClassifierScorer(hf_model, rm_tokenizer, fmt, cache=False).score(P, R)
         assert torch.allclose(served.score(P, R), ref, atol=1e-3)
     finally:
         _stop(proc)

@@ -6,7 +6,7 @@
 
 An SP-PRM is a last-token sequence classifier, which vLLM's pooling runner serves with chunked
 prefill and prefix caching. This scorer sends it the ids the HF scorer
-(``decoding.scorers.RewardModelScorer``) would score -- built by the same code
+(``decoding.scorers.ClassifierScorer``) would score -- built by the same code
 (``sp_prm.formatting.encode`` in the checkpoint's ``config.sp_prm`` format; the end marker on
 complete responses only) and sent as token ids (``TokensPrompt`` in-process, ``/classify``'s
 token-id ``input`` on a server), never re-tokenised text -- and reads the raw reward at the last
@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from decoding.scorers import RewardModelScorer, _check_lengths
+from decoding.scorers import ClassifierScorer, check_lengths
 from decoding.types import Meter, Partial, Prompt
 from decoding.vllm_policy import EngineError, LocalEngine, ServerEngine, check_engine_tokenizer
 from sp_prm.formatting import PrefixFormat
@@ -185,9 +185,9 @@ class EngineRewardScorer:
     prefix_cache = None  # the engine keeps the cache
 
     # The ids are the HF scorer's, built by its own code (one definition of what an RM reads).
-    sequence = RewardModelScorer.sequence
-    _sequence = RewardModelScorer._sequence
-    _check_encodable = RewardModelScorer._check_encodable
+    sequence = ClassifierScorer.sequence
+    _sequence = ClassifierScorer._sequence
+    _check_encodable = ClassifierScorer._check_encodable
 
     def __init__(self, engine: Any, tokenizer: Any, prefix_format: PrefixFormat | None = None,
                  meter: Meter | None = None, check_tokenizer: bool = True) -> None:
@@ -201,7 +201,7 @@ class EngineRewardScorer:
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> torch.Tensor:
-        _check_lengths(prompts, partials)
+        check_lengths(prompts, partials)
         if not partials:
             return torch.empty(0)
         seqs, unknown = zip(*(self._sequence(p, r) for p, r in zip(prompts, partials)))
