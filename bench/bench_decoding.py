@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from decoding.policy import Policy, SamplingParams  # noqa: E402
-from decoding.scorers import RearScorer, RewardModelScorer  # noqa: E402
+from decoding.scorers import ClassifierScorer, RearScorer  # noqa: E402
 from decoding.search.best_of_n import best_of_n  # noqa: E402
 from decoding.search.core import Candidate, expand  # noqa: E402
 from decoding.search.dvts import dvts  # noqa: E402
@@ -93,9 +93,9 @@ def main() -> None:
     samples = policy.sample(state, list(range(len(state))), params, args.tokens, feed_final=False)
     parts = [Partial(policy.decode(s.token_ids), s.token_ids, s.eos) for s in samples]
     pr = [prompts[i] for i in range(len(prompts)) for _ in range(args.n)]
-    one_by_one = RewardModelScorer(rm, tok, cache=False, max_batch_size=1)
-    batched = RewardModelScorer(rm, tok, cache=False)
-    cached = RewardModelScorer(rm, tok, cache=True)
+    one_by_one = ClassifierScorer(rm, tok, cache=False, max_batch_size=1)
+    batched = ClassifierScorer(rm, tok, cache=False)
+    cached = ClassifierScorer(rm, tok, cache=True)
     t1s, tbs, tcs = [], [], []
     for _ in range(args.repeats):  # interleaved, min of repeats: robust to load from other jobs
         t1s.append(timed(lambda: [one_by_one.score([p], [r]) for p, r in zip(pr, parts)]))

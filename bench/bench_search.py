@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from decoding.policy import Policy, SamplingParams, choose_tokens  # noqa: E402
-from decoding.scorers import RewardModelScorer  # noqa: E402
+from decoding.scorers import ClassifierScorer  # noqa: E402
 from decoding.search.args import args_decode, extension_partial  # noqa: E402
 from decoding.search.cards import CardsParams, calibrate_thresholds, cards  # noqa: E402
 from decoding.search.cbs import chunk_beam_search, rank_top  # noqa: E402
@@ -38,7 +38,7 @@ from decoding.types import Partial, Prompt, candidate_seed  # noqa: E402
 
 
 @torch.no_grad()
-def naive_args(policy: Policy, scorer: RewardModelScorer, prompt: Prompt, k: int, w: float, T: int) -> list[int]:
+def naive_args(policy: Policy, scorer: ClassifierScorer, prompt: Prompt, k: int, w: float, T: int) -> list[int]:
     """ARGS-greedy with no cache anywhere: full policy forward per token, every candidate rescored whole."""
     ctx = policy.encode(prompt.messages)
     cand = Candidate(prompt=0)
@@ -58,7 +58,7 @@ def naive_args(policy: Policy, scorer: RewardModelScorer, prompt: Prompt, k: int
     return cand.token_ids
 
 
-def recompute_cbs(policy: Policy, scorer: RewardModelScorer, prompts: list[Prompt], W: int, K: int, L: int,
+def recompute_cbs(policy: Policy, scorer: ClassifierScorer, prompts: list[Prompt], W: int, K: int, L: int,
                   params: SamplingParams, T: int, seed: int) -> list[list[list[int]]]:
     """CBS where every round re-prefills prompt + beam for every live beam (no forking, no RM cache)."""
     ctx = [policy.encode(p.messages) for p in prompts]
@@ -87,7 +87,7 @@ def recompute_cbs(policy: Policy, scorer: RewardModelScorer, prompts: list[Promp
 
 
 @torch.no_grad()
-def cache_off_cards(policy: Policy, scorer: RewardModelScorer, prompt: Prompt, cp: CardsParams,
+def cache_off_cards(policy: Policy, scorer: ClassifierScorer, prompt: Prompt, cp: CardsParams,
                     params: SamplingParams, T: int, seed: int) -> list[int]:
     """CARDS as the published code runs it: KV cache off (a full policy forward per token), whole-text RM."""
     ctx = policy.encode(prompt.messages)
@@ -186,8 +186,8 @@ def main() -> None:
     with torch.no_grad():
         rm.score.weight.normal_(0, 1.0)  # visible rewards, so w matters
     policy = Policy(lm, tok)
-    cached = RewardModelScorer(rm, tok)
-    fresh = RewardModelScorer(rm, tok, cache=False)
+    cached = ClassifierScorer(rm, tok)
+    fresh = ClassifierScorer(rm, tok, cache=False)
     if args.hh_prompts:
         from data_prep.loaders import load_preferences
 
@@ -211,7 +211,7 @@ def main() -> None:
         bench_cards(args, policy, cached, fresh, prompts, params)
 
 
-def bench_args(args: argparse.Namespace, policy: Policy, cached: RewardModelScorer, fresh: RewardModelScorer,
+def bench_args(args: argparse.Namespace, policy: Policy, cached: ClassifierScorer, fresh: ClassifierScorer,
               prompts: list[Prompt]) -> None:
     # ARGS: one prompt at a time on both sides (the naive reference is per prompt).
     args_decode(policy, cached, prompts[:1], k=args.k, w=args.w, max_new_tokens=4)  # warm-up
@@ -243,7 +243,7 @@ def bench_args(args: argparse.Namespace, policy: Policy, cached: RewardModelScor
     print(f"ARGS-greedy, the {len(prompts)} prompts batched together: {batched:.2f}s")
 
 
-def bench_cbs(args: argparse.Namespace, policy: Policy, cached: RewardModelScorer, fresh: RewardModelScorer,
+def bench_cbs(args: argparse.Namespace, policy: Policy, cached: ClassifierScorer, fresh: ClassifierScorer,
               prompts: list[Prompt], params: SamplingParams) -> None:
     cached.prefix_cache.reset()
     dt_ours, res = timed(lambda: chunk_beam_search(policy, cached, prompts, args.W, args.K, args.L, params,
@@ -260,7 +260,7 @@ def bench_cbs(args: argparse.Namespace, policy: Policy, cached: RewardModelScore
           f"baseline {dt_re / dt_free:.1f}x; scoring + search bookkeeping is {dt_ours - dt_free:.2f}s of ours")
 
 
-def bench_cards(args: argparse.Namespace, policy: Policy, cached: RewardModelScorer, fresh: RewardModelScorer,
+def bench_cards(args: argparse.Namespace, policy: Policy, cached: ClassifierScorer, fresh: ClassifierScorer,
                 prompts: list[Prompt], params: SamplingParams) -> None:
     # tau_u: random weights are near-uniform (entropy ~ ln V), so a tau_u just under ln V makes
     # segments of a few tokens; thresholds calibrated from this RM's own scores.

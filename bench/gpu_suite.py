@@ -555,14 +555,14 @@ def hf_greedy(lm: Any, tok: Any, prompts: Sequence[list[int]], new_tokens: int, 
 
 def part_decode(shapes: Shapes, tok: Any, left: Callable[[], float], out: dict[str, Any]) -> None:
     from decoding.policy import Policy
-    from decoding.scorers import RearScorer, RewardModelScorer
+    from decoding.scorers import ClassifierScorer, RearScorer
 
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     lm = build("lm", policy_config(shapes, tok), device, dtype)
     rm = build("rm", rm_config(shapes, tok), device, dtype, seed=1).eval()
     policy = Policy(lm, tok)
-    rm_scorer = RewardModelScorer(rm, tok)
+    rm_scorer = ClassifierScorer(rm, tok)
     rear = RearScorer(policy, 20.0)
     scorers = {"rm": rm_scorer, "rear": rear, "free": FreeScorer()}
     T = shapes.new_tokens

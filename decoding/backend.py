@@ -75,7 +75,9 @@ class PolicyBackend(Protocol):
         max_tokens: int | Sequence[int],
         stop_at_delimiter: bool = False,
         feed_final: bool = True,
-    ) -> list[Sample]: ...
+        offsets: Sequence[int] | None = None,
+    ) -> list[Sample]:
+        """Sample every row; ``offsets[i]``: tokens row ``i`` already drew from its seed (continue the stream)."""
 
     def logprob_cache(
         self, max_batch_tokens: int = 16384, max_batch_size: int = 64, enabled: bool = True,

@@ -60,7 +60,7 @@ import torch
 from decoding.backend import token_level_error
 from decoding.policy import Policy, SamplingParams
 from decoding.prompts import DataConfig, load_prompts
-from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, GenRMScorer, RearScorer
 from decoding.search import SEARCHES, SearchConfig
 from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
@@ -138,6 +138,11 @@ class ScorerConfig:
     allow_untrained_head: bool = field(
         default=False, metadata={"help": "Accept an rm: checkpoint whose score head is newly initialised (random "
                                           "rewards; for tests only). Off: such a checkpoint is refused."})
+    backend: str = field(default="hf", metadata={
+        "help": "rm: scorers: hf (transformers in this process) | vllm (a vLLM pooling engine: in-process, or "
+                "scorer.vllm.url; see decoding.scorers.rm_engine)."})
+    vllm: VllmConfig = field(default_factory=VllmConfig, metadata={
+        "help": "scorer.backend vllm: the pooling engine (url: a `vllm serve <prm> --runner pooling`)."})
 
     def __post_init__(self) -> None:
         if self.name not in ("rear", "genrm") and not self.name.startswith("rm:"):
@@ -150,6 +155,12 @@ class ScorerConfig:
             raise ValueError(f"scorer.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
+        if isinstance(self.vllm, dict):
+            self.vllm = VllmConfig(**self.vllm)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"scorer.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "vllm" and not self.name.startswith("rm:"):
+            raise ValueError(f"scorer.backend: vllm serves rm: reward models; scorer {self.name!r} runs on the policy")
 
 
 @dataclass
@@ -245,6 +256,10 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
     from sp_prm.models import load_reward_model, load_tokenizer, scoring_prefix_format, trained_prefix_format
 
     path = sc.name[3:]
+    if sc.backend == "vllm":
+        from decoding.scorers.rm_engine import build_engine_scorer
+
+        return build_engine_scorer(path, sc.vllm, sc.prefix, sc.dtype, sc.trust_remote_code, cfg.seed, meter)
     tokenizer = load_tokenizer(path, trust_remote_code=sc.trust_remote_code)
     # The RM runs here with transformers on either backend (on vllm: the policy's device setting, else cuda if any).
     device = str(policy.device) if cfg.policy.backend == "hf" else (
@@ -253,7 +268,7 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
                               pad_token_id=tokenizer.pad_token_id, allow_untrained_head=sc.allow_untrained_head)
     prefix = scoring_prefix_format(model, sc.name, sc.prefix)
     require_same_format(trained_prefix_format(model), prefix, path)  # e.g. end_marker: the PRM's own mode
-    return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
+    return ClassifierScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
                              max_batch_size=sc.max_batch_size, meter=meter)
 
 

@@ -12,6 +12,11 @@ the step delimiter. Each row draws its randomness from its own seed (inverse-CDF
 sampling with per-row uniforms drawn up front), so a candidate's tokens do not
 depend on the other rows in the batch, up to float noise in the logits.
 
+The per-token step lives here once: ``step`` feeds one token per row and refreshes its
+next-token distribution, ``row_uniforms`` is the seeded per-row randomness, and ``sample``
+takes a ``stop_before`` condition on the next-token distribution (CARDS' entropy segments) and
+``offsets`` (continue a candidate's stream). Token-level searches call these, never the model.
+
 Log-probabilities returned are those of the *model* (temperature 1, no top-k/p
 filtering) in the sampling context: what REAR and likelihood scoring need.
 """

@@ -47,7 +47,7 @@ import torch
 
 from decoding.backend import TokenState
 from decoding.policy import Sample, SamplingParams, delimiter_token_mask, encode_prompt, stop_and_pad_ids
-from decoding.types import Message, Meter
+from decoding.types import Message, Meter, candidate_seed
 from sp_prm.formatting import PrefixFormat
 
 # A text whose tokenization must agree between the engine and the local tokenizer (words,
@@ -213,27 +213,30 @@ class ServerEngine:
         retries: int = 3,
         workers: int = 64,
         api_key: str | None = None,
+        setting: str = "policy.vllm",
     ) -> None:
         self.url = url.rstrip("/").removesuffix("/v1")
+        self.setting = setting  # the config block named in errors (the scorer's engine reuses this class)
         self.timeout, self.connect_timeout, self.retries, self.workers = timeout, connect_timeout, retries, workers
         self.api_key = api_key
         listed = self._models()
         names = [m.get("id") for m in listed]
         if model is None:
             if len(names) != 1:
-                raise EngineError(f"vLLM server {self.url} serves {names}: set policy.vllm.served_model")
+                raise EngineError(f"vLLM server {self.url} serves {names}: set {setting}.served_model")
             model = names[0]
         elif model not in names:
             roots = {m.get("root") for m in listed}
             if model not in roots:
                 raise EngineError(f"vLLM server {self.url} serves {names}, not {model!r}: point the recipe at the "
-                                  "server of that model or set policy.vllm.served_model to the served name")
+                                  f"server of that model or set {setting}.served_model to the served name")
             model = next(m["id"] for m in listed if m.get("root") == model)
         self.model = model
         self.description = f"vLLM server {self.url} ({model})"
 
     # -- HTTP ---------------------------------------------------------------------------------------
-    def _call(self, path: str, payload: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+    def _call(self, path: str, payload: dict[str, Any] | None = None, timeout: float | None = None,
+              raw: bool = False) -> Any:
         url = self.url + path
         data = json.dumps(payload).encode() if payload is not None else None
         headers = {"Content-Type": "application/json"}
@@ -244,7 +247,8 @@ class ServerEngine:
             req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
             try:
                 with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                    return json.loads(resp.read())
+                    body = resp.read()
+                    return body.decode(errors="replace") if raw else json.loads(body)
             except urllib.error.HTTPError as e:  # the server answered: retrying will not help
                 body = e.read().decode(errors="replace")[:500]
                 raise EngineError(f"vLLM server {url} answered HTTP {e.code}: {body}") from None
@@ -253,7 +257,7 @@ class ServerEngine:
                 time.sleep(min(2.0 * (attempt + 1), 5.0))
         raise EngineError(
             f"vLLM server unreachable at {url} after {self.retries} attempts ({last}); start it with "
-            f"`vllm serve <model>` or fix policy.vllm.url"
+            f"`vllm serve <model>` or fix {self.setting}.url"
         )
 
     def _models(self) -> list[dict[str, Any]]:
@@ -300,6 +304,20 @@ class ServerEngine:
         return None  # not reported by the API; the tokenization probe checks agreement
 
 
+def check_engine_tokenizer(engine: Any, tokenizer: Any, who: str = "policy", model_setting: str = "policy.model") -> None:
+    """Refuse an engine whose tokenizer disagrees with the local one (ids are sent, so they must mean the same)."""
+    local = list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    remote = engine.encode_text(TOKENIZER_PROBE)
+    vocab = engine.vocab_size()
+    if remote != local or (vocab is not None and vocab != len(tokenizer)):
+        raise ValueError(
+            f"the engine's model and the {who}'s tokenizer disagree ({engine.description}: "
+            f"{len(remote)} probe tokens, vocabulary {vocab}; local tokenizer {tokenizer.name_or_path!r}: "
+            f"{len(local)} probe tokens, vocabulary {len(tokenizer)}); serve the same model as "
+            f"{model_setting}, or set {model_setting} to the served checkpoint"
+        )
+
+
 class VllmPolicy:
     """A policy sampled by a vLLM engine (the ``vllm`` backend). See the module docstring.
 
@@ -337,16 +355,7 @@ class VllmPolicy:
 
     def check_tokenizer(self) -> None:
         """Refuse an engine serving a model whose tokenizer disagrees with the local one."""
-        local = list(self.tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
-        remote = self.engine.encode_text(TOKENIZER_PROBE)
-        vocab = self.engine.vocab_size()
-        if remote != local or (vocab is not None and vocab != len(self.tokenizer)):
-            raise ValueError(
-                f"the engine's model and the policy's tokenizer disagree ({self.engine.description}: "
-                f"{len(remote)} probe tokens, vocabulary {vocab}; local tokenizer {self.tokenizer.name_or_path!r}: "
-                f"{len(local)} probe tokens, vocabulary {len(self.tokenizer)}); serve the same model as "
-                "policy.model, or set policy.model to the served checkpoint"
-            )
+        check_engine_tokenizer(self.engine, self.tokenizer)
 
     # -- prompts -------------------------------------------------------------------------------------
     def encode(self, messages: Sequence[Message]) -> list[int]:
@@ -380,11 +389,17 @@ class VllmPolicy:
         max_tokens: int | Sequence[int],
         stop_at_delimiter: bool = False,
         feed_final: bool = True,
+        offsets: Sequence[int] | None = None,
     ) -> list[Sample]:
         """Sample a continuation for every row of ``state`` (its ids are extended in place).
 
         ``feed_final`` has no cost here (nothing to feed: the engine re-reads the ids next time).
+        ``offsets[i] > 0`` (row ``i`` continues a candidate that already drew that many tokens from its
+        seed): an engine request cannot resume a seed's stream, so the request gets a seed derived from
+        (seed, offset) -- independent of the earlier segment's draws, as a fresh stream should be.
         """
+        if offsets is not None:
+            seeds = [int(s) if not o else candidate_seed(int(s), "continue", int(o)) for s, o in zip(seeds, offsets)]
         rows = len(state)
         if len(seeds) != rows:
             raise ValueError(f"sample got {len(seeds)} seeds for {rows} rows")

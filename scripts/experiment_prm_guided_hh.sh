@@ -2,7 +2,7 @@
 # Issue 8, part 3: PRM-guided search on HH-RLHF prompts, the ORM vs the SP-PRM as guides.
 # Needs the guides of scripts/experiment_sp_prm_hh.sh (same seed). Trains two cross-fitted gold RMs on the
 # halves of the 356 held-out pairs (fold = hash of the pair id), then runs
-# decoding.experiments.prm_guided (recipes/experiments/prm_guided_hh.yaml). Resumable: trained gold RMs and
+# experiments.prm_guided (recipes/experiments/prm_guided_hh.yaml). Resumable: trained gold RMs and
 # decoded prompts are kept. Writes outputs/exp-hh/seed$SEED/gold{0,1} and outputs/experiments/prm_guided_hh_seed$SEED.
 #   bash scripts/experiment_prm_guided_hh.sh [seed] [extra experiment overrides...]
 set -euo pipefail
@@ -22,7 +22,7 @@ step() { local t=$SECONDS; "$@"; echo "$((SECONDS - t)) s: $*" >> "$OUT/times.tx
 
 python - "$EXP" <<'PY'
 import json, sys
-from decoding.experiments.prm_guided import fold_of
+from experiments.prm_guided import fold_of
 exp = sys.argv[1]
 rows = [json.loads(line) for line in open(f"{exp}/eval.jsonl") if line.strip()]
 for f in (0, 1):
@@ -43,6 +43,6 @@ for f in 0 1; do
     fi
 done
 
-step python -m decoding.experiments.prm_guided --config recipes/experiments/prm_guided_hh.yaml \
+step python -m experiments.prm_guided --config recipes/experiments/prm_guided_hh.yaml \
     --pairs_path "$EXP/eval.jsonl" --guides "{orm: $EXP/orm, sp-prm: $EXP/sp-prm}" \
     --gold_models "[$EXP/gold0, $EXP/gold1]" --seed "$SEED" --output_dir "$OUT" "$@"

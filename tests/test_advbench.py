@@ -16,7 +16,7 @@ from decoding.metrics import advbench
 from decoding.metrics.run import MetricsConfig, compute
 from decoding.policy import Policy, encode_prompt
 from decoding.prompts import DataConfig, load_prompts
-from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, GenRMScorer, RearScorer
 from decoding.types import Partial
 from sp_prm.config import build
 from sp_prm.formatting import PrefixFormat, encode
@@ -120,6 +120,7 @@ SEARCHES = {
     "cbs": {"beam_width": 2, "successors": 2, "chunk_length": 3},
     "cards": {"r_start": -1e9, "r_end": -1e9, "max_segment_tokens": 3},
     "dvts": {"n": 4, "width": 2, "max_steps": 3, "max_step_tokens": 3, "delimiter": "e"},
+    "pruned_bon": {"n": 4, "alpha": 0.5, "every": 2},
 }
 
 
@@ -164,11 +165,11 @@ def test_scorers_read_the_prefill_as_the_start_of_the_response(tiny_llama_rm, ti
 
     p = to_prompt({"id": "0", "prompt": goal, "response_prefix": SURE}, 0, data)
     part = Partial(" a script", [], complete=True)
-    rm = RewardModelScorer(tiny_llama_rm, smollm_tokenizer, PrefixFormat())
+    rm = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, PrefixFormat())
     want = encode(smollm_tokenizer, ctx, SURE + " a script", PrefixFormat()).sequence()
     assert rm.sequence(p, part) == want
     assert smollm_tokenizer.decode(want).endswith("<|im_start|>assistant\nSure here's a script<|im_end|>\n")
-    ref = RewardModelScorer(tiny_llama_rm, smollm_tokenizer, PrefixFormat(), cache=False)
+    ref = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, PrefixFormat(), cache=False)
     assert torch.allclose(rm.score([p], [part]), ref.rm.score([want]), atol=1e-5)
     genrm = GenRMScorer(Policy(tiny_llama_lm, smollm_tokenizer))
     text = smollm_tokenizer.decode(genrm.sequence(p, part))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from decoding.policy import Policy
-from decoding.scorers import RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, RearScorer
 from decoding.search.args import args_decode
 from decoding.types import Partial, Prompt, candidate_seed
 
@@ -81,7 +81,7 @@ def naive_args(lm, rm, tokenizer, scorer, prompt, k, w, T, mode="greedy", temper
 @pytest.mark.parametrize(("k", "w"), [(10, 1.5), (4, 40.0)])
 def test_args_greedy_equals_naive_reference(policy, tiny_llama_lm, tiny_llama_rm, smollm_tokenizer, k, w):
     """Cached ARGS (policy cache + RM prefix cache, two prompts batched) == the naive recompute, token for token."""
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     T = 16
     res = args_decode(policy, scorer, PROMPTS, k=k, w=w, max_new_tokens=T)
     for r in res:
@@ -107,7 +107,7 @@ def test_args_spread_units_equal_naive_reference(policy, tiny_llama_lm, tiny_lla
     std = (8.0 / 3) ** 0.5  # population std of 1, 3, 5
     torch.testing.assert_close(reward_term(r, 2.0, "spread"), torch.tensor([[2 / std, 6 / std, 10 / std], [0.0] * 3]))
     torch.testing.assert_close(reward_term(r, 2.0, "raw"), 2.0 * r)
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     res = args_decode(policy, scorer, PROMPTS, k=6, w=0.05, max_new_tokens=10, w_units="spread")
     for one in res:
         ref = naive_args(tiny_llama_lm, tiny_llama_rm, smollm_tokenizer, scorer, one.prompt, 6, 0.05, 10,
@@ -119,7 +119,7 @@ def test_args_spread_units_equal_naive_reference(policy, tiny_llama_lm, tiny_lla
 
 def test_args_zero_weight_is_greedy_decoding(policy, tiny_llama_lm, tiny_llama_rm, smollm_tokenizer):
     """w = 0: ARGS is the policy's greedy decode (argmax of the full-forward next-token distribution)."""
-    res = args_decode(policy, RewardModelScorer(tiny_llama_rm, smollm_tokenizer), PROMPTS[:1], k=3, w=0.0,
+    res = args_decode(policy, ClassifierScorer(tiny_llama_rm, smollm_tokenizer), PROMPTS[:1], k=3, w=0.0,
                       max_new_tokens=6)
     ids = policy.encode(PROMPTS[0].messages)
     greedy = []
@@ -136,7 +136,7 @@ def test_args_zero_weight_is_greedy_decoding(policy, tiny_llama_lm, tiny_llama_r
 
 
 def test_args_sampling_equals_naive_reference_and_seeds(policy, tiny_llama_lm, tiny_llama_rm, smollm_tokenizer):
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     res = args_decode(policy, scorer, PROMPTS, k=5, w=1.5, max_new_tokens=6, mode="sample", temperature=2.0, seed=3)
     for r in res:
         ref = naive_args(tiny_llama_lm, tiny_llama_rm, smollm_tokenizer, scorer, r.prompt, 5, 1.5, 6, mode="sample",
@@ -159,7 +159,7 @@ def test_args_with_rear_scorer_runs_and_sums(policy):
 
 
 def test_args_bad_input(policy, tiny_llama_rm, tiny_bert_rm, smollm_tokenizer, minilm_tokenizer):
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     with pytest.raises(ValueError, match="larger than the policy's vocabulary"):
         args_decode(policy, scorer, PROMPTS, k=policy.vocab_size + 1)
     with pytest.raises(ValueError, match="k must be >= 1"):
@@ -171,7 +171,7 @@ def test_args_bad_input(policy, tiny_llama_rm, tiny_bert_rm, smollm_tokenizer, m
     with pytest.raises(ValueError, match="temperature"):
         args_decode(policy, scorer, PROMPTS, k=2, mode="sample", temperature=0.0)
     # An encoder RM works but has no prefix cache: the warning says which cache is missing.
-    enc = RewardModelScorer(tiny_bert_rm, minilm_tokenizer)
+    enc = ClassifierScorer(tiny_bert_rm, minilm_tokenizer)
     with pytest.warns(UserWarning, match="encoder reward model: no prefix KV cache"):
         (r,) = args_decode(policy, enc, PROMPTS[:1], k=2, max_new_tokens=2)
     assert len(r.best_candidate.token_ids) == 2

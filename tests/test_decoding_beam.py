@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from decoding.policy import Policy, SamplingParams
-from decoding.scorers import RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, RearScorer
 from decoding.search.best_of_n import best_of_n
 from decoding.search.cbs import chunk_beam_search, rank_top
 from decoding.types import Partial, Prompt, candidate_seed
@@ -33,7 +33,7 @@ def policy(tiny_llama_lm, smollm_tokenizer):
 
 
 def test_bon_is_cbs_with_one_beam_and_whole_responses(policy, tiny_llama_rm, smollm_tokenizer):
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     params = SamplingParams(temperature=1.0)
     bon = best_of_n(policy, scorer, PROMPTS, 5, params, 12, seed=4)
     cbs = chunk_beam_search(policy, scorer, PROMPTS, 1, 5, None, params, 12, seed=4)
@@ -84,9 +84,9 @@ def test_cbs_equals_reprefilling_reference(policy, tiny_llama_rm, smollm_tokeniz
     """Forked/reordered caches and the RM prefix cache give the beams of the recompute-everything reference."""
     params = SamplingParams(temperature=1.0)
     T = 10
-    res = chunk_beam_search(policy, RewardModelScorer(tiny_llama_rm, smollm_tokenizer), PROMPTS, W, K, L, params, T,
+    res = chunk_beam_search(policy, ClassifierScorer(tiny_llama_rm, smollm_tokenizer), PROMPTS, W, K, L, params, T,
                             seed=2)
-    fresh = RewardModelScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
+    fresh = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
     for r in res:
         ref = naive_cbs(policy, fresh, r.prompt, W, K, L, params, T, seed=2)
         assert [c.token_ids for c in r.candidates] == [x["tokens"] for x in ref]
@@ -101,7 +101,7 @@ def test_cbs_equals_reprefilling_reference(policy, tiny_llama_rm, smollm_tokeniz
 
 def test_cbs_never_reprefills_and_counts_compute(policy, tiny_llama_rm, smollm_tokenizer):
     W, K, L, T = 2, 2, 3, 9
-    res = chunk_beam_search(policy, RewardModelScorer(tiny_llama_rm, smollm_tokenizer, meter=policy.meter),
+    res = chunk_beam_search(policy, ClassifierScorer(tiny_llama_rm, smollm_tokenizer, meter=policy.meter),
                             PROMPTS, W, K, L, SamplingParams(), T, seed=0)
     for r in res:
         comp = policy.meter.for_group(r.prompt.index)
@@ -127,7 +127,7 @@ def test_rank_top():
 
 
 def test_beam_bad_input(policy, tiny_llama_rm, smollm_tokenizer):
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     for W, K, L, T, match in [(0, 4, 2, 8, "W \\* K >= 1"), (4, 0, 2, 8, "W \\* K >= 1"), (2, 2, 0, 8, "chunk length"),
                               (2, 2, 2, 0, "max_new_tokens")]:
         with pytest.raises(ValueError, match=match):
@@ -150,7 +150,7 @@ def test_decode_dispatches_args_and_cbs(tmp_path, policy, tiny_llama_rm, smollm_
         out = tmp_path / f"{search['method']}.jsonl"
         cfg = build(DecodeConfig, {"data": {"path": str(data)}, "output": str(out), "batch_size": 2,
                                    "progress": False, "search": search, "scorer": {"name": "rm:unused"}})
-        run(cfg, policy=policy, scorer=RewardModelScorer(tiny_llama_rm, smollm_tokenizer), meter=Meter())
+        run(cfg, policy=policy, scorer=ClassifierScorer(tiny_llama_rm, smollm_tokenizer), meter=Meter())
         recs = [json.loads(x) for x in out.read_text().splitlines()]
         assert [r["id"] for r in recs] == ["r0", "r1", "r2"]
         for r in recs:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from decoding.policy import Policy, SamplingParams, choose_tokens
-from decoding.scorers import RewardModelScorer
+from decoding.scorers import ClassifierScorer
 from decoding.search.cards import CardsParams, calibrate_thresholds, cards, entropy
 from decoding.types import Meter, Partial, Prompt, candidate_seed
 
@@ -104,8 +104,8 @@ def typical_entropy(policy, prompt):
 
 @pytest.mark.parametrize("acceptance", ["hard", "soft"])
 def test_cards_equals_recompute_reference(policy, tiny_llama_lm, tiny_llama_rm, smollm_tokenizer, acceptance):
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
-    fresh = RewardModelScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
+    fresh = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
     tau = typical_entropy(policy, PROMPTS[0])
     # Rewards of this RM on these prompts sit around a few units; a rising threshold in that range
     # gives a mix of accepts and rejects.
@@ -129,7 +129,7 @@ def test_cards_equals_recompute_reference(policy, tiny_llama_lm, tiny_llama_rm, 
 
 def test_cards_bounded_rejections(policy, tiny_llama_rm, smollm_tokenizer):
     """An unreachable threshold: every segment is tried max_rejections + 1 times, then the best is kept."""
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     cp = CardsParams(tau_u=100.0, r_start=1e9, r_end=1e9, max_rejections=2, max_segment_tokens=3)
     policy.meter = Meter()
     (r,) = cards(policy, scorer, PROMPTS[:1], cp, SamplingParams(), 6, seed=0)
@@ -138,7 +138,7 @@ def test_cards_bounded_rejections(policy, tiny_llama_rm, smollm_tokenizer):
     assert policy.meter.total("policy_tokens_generated") == 2 * 3 * 3  # 2 segments x 3 attempts x 3 tokens
     assert policy.meter.for_group(0)["scorer_calls"] == 0  # the scorer has its own meter here
     # The kept segment is the best-scored of its attempts: rescoring the prefix gives the recorded score.
-    fresh = RewardModelScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
+    fresh = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
     got = fresh.score([PROMPTS[0]], [Partial(policy.decode(c.token_ids[:3]), c.token_ids[:3])])
     assert got.item() == pytest.approx(c.prefix_scores[0], abs=1e-4)
 
@@ -167,7 +167,7 @@ def test_decode_runs_cards_with_calibration(tmp_path, policy, tiny_llama_rm, smo
                                           "cards": {"tau_u": 10.0, "max_segment_tokens": 3,
                                                     "calibration_prompts": 2}}})
     meter = Meter()
-    run(cfg, policy=policy, scorer=RewardModelScorer(tiny_llama_rm, smollm_tokenizer), meter=meter)
+    run(cfg, policy=policy, scorer=ClassifierScorer(tiny_llama_rm, smollm_tokenizer), meter=meter)
     assert "calibrated thresholds" in capsys.readouterr().err
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in recs] == ["r0", "r1"] and all(r["n"] == 1 and r["search"] == "cards" for r in recs)
@@ -188,7 +188,7 @@ def test_tau_u_quantile_calibrates_on_the_policys_entropies(policy, tiny_llama_l
 
     params, T = SamplingParams(), 10
     got = sampled_entropies(policy, PROMPTS, 3, params, T, seed=2)
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     ref = []
     for r in best_of_n(policy, scorer, PROMPTS, 3, params, T, seed=2):
         ctx = policy.encode(r.prompt.messages)

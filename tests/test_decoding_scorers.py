@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from decoding.policy import Policy, SamplingParams
-from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, GenRMScorer, RearScorer
 from decoding.types import Partial, Prompt, aggregate
 from sp_prm.formatting import PrefixFormat, encode
 
@@ -96,8 +96,8 @@ def test_rear_bad_input(policy):
 
 def test_decoder_rm_cached_equals_uncached_across_calls(policy, tiny_llama_rm, smollm_tokenizer):
     prompts, partials = sampled(policy)
-    cached = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
-    plain = RewardModelScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
+    cached = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
+    plain = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, cache=False)
     assert cached.prefix_cache is not None and plain.prefix_cache is None
     torch.testing.assert_close(cached.score(prompts, partials), plain.score(prompts, partials), atol=1e-4, rtol=0)
     # Next call: extended, cut back (rollback through the crop path) and new responses.
@@ -119,7 +119,7 @@ def test_decoder_rm_cached_equals_uncached_across_calls(policy, tiny_llama_rm, s
 
 
 def test_encoder_rm_scores_and_rejects_unencodable(tiny_bert_rm, minilm_tokenizer):
-    scorer = RewardModelScorer(tiny_bert_rm, minilm_tokenizer)
+    scorer = ClassifierScorer(tiny_bert_rm, minilm_tokenizer)
     parts = [Partial("It is water falling.", complete=True), Partial("It is", complete=False)]
     got = scorer.score(PROMPTS[:1] * 2, parts)
     with torch.no_grad():

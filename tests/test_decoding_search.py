@@ -11,7 +11,7 @@ import yaml
 from decoding.decode import DecodeConfig, run
 from decoding.policy import Policy, SamplingParams
 from decoding.prompts import DataConfig, load_prompts
-from decoding.scorers import RearScorer, RewardModelScorer
+from decoding.scorers import ClassifierScorer, RearScorer
 from decoding.search import SEARCHES
 from decoding.search.best_of_n import best_of_n
 from decoding.search.dvts import dvts
@@ -35,7 +35,7 @@ def policy(tiny_llama_lm, smollm_tokenizer):
 
 def test_best_of_n_picks_argmax_and_is_batch_independent(policy, tiny_llama_rm, smollm_tokenizer):
     ps = prompts(3)
-    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)
     res = best_of_n(policy, scorer, ps, 4, SamplingParams(), 10, seed=7)
     for r in res:
         assert len(r.candidates) == 4

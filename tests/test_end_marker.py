@@ -13,7 +13,7 @@ from datasets import load_from_disk
 from data_prep.loaders import load_preferences
 from data_prep.prepare import PrepareConfig, prepare
 from decoding.metrics.reward import reward_inputs
-from decoding.scorers import RewardModelScorer
+from decoding.scorers import ClassifierScorer
 from decoding.types import Partial, Prompt
 from sp_prm.collator import PairCollator
 from sp_prm.evaluate import EvaluateConfig, evaluate
@@ -164,8 +164,8 @@ def test_rm_scorer_always_marks_partials_and_the_cache_matches_naive(tiny_llama_
     fmt = PrefixFormat(end_marker="always")
     p = Prompt("q", MSGS, None, MSGS[0]["content"], None, 0)
     content = encode(tok, MSGS, RESPONSE, PrefixFormat()).content_ids
-    cached = RewardModelScorer(tiny_llama_rm, tok, fmt)
-    default = RewardModelScorer(tiny_llama_rm, tok, PrefixFormat())
+    cached = ClassifierScorer(tiny_llama_rm, tok, fmt)
+    default = ClassifierScorer(tiny_llama_rm, tok, PrefixFormat())
     for t in (1, 2, 4, len(content)):  # a growing response, as a search scores it step by step
         part = Partial(tok.decode(content[:t]), content[:t], complete=t == len(content))
         ids = cached.sequence(p, part)

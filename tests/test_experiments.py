@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from decoding.experiments import prefeval_choice as pc
-from decoding.experiments import rear_verifiable as rv
-from decoding.experiments.common import read_records
 from decoding.policy import Policy
+from experiments import prefeval_choice as pc
+from experiments import rear_verifiable as rv
+from experiments.common import read_records
 from sp_prm.config import load_config
 from tests.conftest import shared_data
 
@@ -196,7 +196,7 @@ def test_verifiable_end_to_end_and_resume(policy, tmp_path):
     out = tmp_path / "out"
     argv = ["--config", str(RECIPES / "rear_verifiable_smollm2.yaml"), "--data_path", str(data),
             "--output_dir", str(out), "--questions", "2", "--dev_questions", "1", "--n", "4", "--max_new_tokens",
-            "6", "--dvts_max_step_tokens", "3", "--coherence_model", "null", "--progress", "false",
+            "6", "--dvts.max_step_tokens", "3", "--coherence_model", "null", "--progress", "false",
             "--bootstrap_resamples", "50", "--lams", "[0, 1, 20, .inf]"]
     cfg = load_config(rv.RearVerifiableConfig, argv)
     rv.run(cfg, policy=policy)
@@ -240,7 +240,7 @@ def test_experiment_recipes_parse(path):
 
 
 def test_changed_keys_ignores_fields_added_later():
-    from decoding.experiments.common import changed_keys
+    from experiments.common import changed_keys
 
     old = {"policy": {"model": "m", "dtype": "float32"}, "n": 16, "seed": 0}
     # a field added to PolicyConfig later (with its default) is not a change of the run

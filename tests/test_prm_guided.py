@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from decoding.experiments import prm_guided as pg
-from decoding.experiments.common import read_records
 from decoding.metrics.reward import rewards
 from decoding.policy import Policy
+from experiments import prm_guided as pg
+from experiments.common import read_records
 from sp_prm.config import load_config
 from sp_prm.formatting import PrefixFormat
 from sp_prm.models import load_reward_model, load_tokenizer
@@ -119,8 +119,8 @@ def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm
     argv = ["--config", str(RECIPE), "--pairs_path", str(pairs), "--output_dir", str(out),
             "--guides", f"{{orm: {tiny_bert_rm_dir}, sp-prm: {tiny_llama_rm_dir}}}", "--gold_models", gold,
             "--prompts_per_fold", "1", "--calibration_prompts", "1", "--n", "4", "--max_new_tokens", "6",
-            "--args_k", "3", "--cbs_beam_width", "2", "--cbs_successors", "2", "--cbs_chunk_length", "3",
-            "--cards_max_segment_tokens", "3", "--coherence_model", "null", "--progress", "false",
+            "--args.k", "3", "--cbs.beam_width", "2", "--cbs.successors", "2", "--cbs.chunk_length", "3",
+            "--cards.max_segment_tokens", "3", "--coherence_model", "null", "--progress", "false",
             "--bootstrap_resamples", "50", "--batch_size", "2"]
     cfg = load_config(pg.PrmGuidedConfig, argv)
     pg.run(cfg, policy=policy)
@@ -164,5 +164,7 @@ def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm
 def test_recipe_parses():
     cfg = load_config(pg.PrmGuidedConfig, ["--config", str(RECIPE)])
     assert cfg.policy.model == "builtin:smollm2-135m-instruct"
-    assert cfg.cbs_beam_width * cfg.cbs_successors == cfg.n  # CBS samples what Best-of-N samples
+    assert cfg.cbs.beam_width * cfg.cbs.successors == cfg.n  # CBS samples what Best-of-N samples
+    with pytest.raises(KeyError, match="'args_k' has moved: use args.k"):
+        load_config(pg.PrmGuidedConfig, ["--config", str(RECIPE), "--args_k", "30"])
     assert list(cfg.guides) == ["orm", "sp-prm"] and len(cfg.gold_models) == cfg.folds == 2

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from decoding.policy import Policy, SamplingParams
-from decoding.rear_sweep import best_of_n_terms, rear_scores, select
 from decoding.scorers import RearScorer
+from decoding.scorers.rear import best_of_n_terms, rear_scores, select
 from decoding.search.best_of_n import best_of_n
 from decoding.search.dvts import dvts
 from decoding.types import Partial

@@ -111,3 +111,42 @@ def test_decode_recipe_parses_in_the_registry_shape(path):
     assert set(search) - {"method", "max_new_tokens"} <= {method}, "a params block for a method the recipe does not run"
     for key, value in search.get(method, {}).items():
         assert getattr(config.search.params, key) == value
+
+
+EXPERIMENTS = sorted((RECIPES / "experiments").glob("*.yaml"))
+
+
+def experiment_config(path: Path) -> type:
+    """The config class of the experiment a recipe belongs to (the module its name starts with)."""
+    import importlib
+    import pkgutil
+
+    import experiments
+    from experiments.common import RunOptions
+
+    names = [m.name for m in pkgutil.iter_modules(experiments.__path__) if path.stem.startswith(m.name)]
+    assert names, f"{path.name}: no experiments module its name starts with"
+    module = importlib.import_module(f"experiments.{max(names, key=len)}")
+    (cls,) = [v for v in vars(module).values()
+              if isinstance(v, type) and issubclass(v, RunOptions) and v is not RunOptions]
+    return cls
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_recipe_parses(path):
+    """Every experiment recipe parses against its experiment's config (a retired flat key is refused)."""
+    config = load_config(experiment_config(path), ["--config", str(path)])
+    raw = yaml.safe_load(path.read_text())
+    for key, value in raw.items():
+        got = getattr(config, key)
+        if isinstance(value, dict) and hasattr(got, "__dataclass_fields__"):
+            for sub, v in value.items():
+                assert getattr(got, sub) == v, f"{key}.{sub}"
+
+
+def test_experiments_are_not_installed_by_the_wheel():
+    import tomllib
+
+    find = tomllib.loads((RECIPES.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert not any(p.startswith("experiments") for p in find["include"]) and "experiments*" in find["exclude"]
+    assert (RECIPES.parent / "experiments" / "__init__.py").exists()

@@ -144,6 +144,23 @@ def test_cbs_structure(policy):
             assert c.score == pytest.approx(sum(c.step_scores))
 
 
+def test_pruned_bon_on_vllm(policy):
+    """PRM-pruned Best-of-N through the backend interface on the engine: the schedule's token counts, REAR sums."""
+    from decoding.search import SEARCHES
+    from decoding.search.pruned_bon import PrunedBonParams
+
+    ps = prompts(2)
+    params = PrunedBonParams(n=4, alpha=0.5, every=4)
+    res = SEARCHES["pruned_bon"].run(policy, RearScorer(policy, 5.0), ps, params, SamplingParams(), 12, seed=2)
+    for r in res:
+        assert 1 <= len(r.candidates) <= 4 and r.best_candidate.score == max(c.score for c in r.candidates)
+        for c in r.candidates:
+            assert len(c.token_ids) <= 12 and (c.eos or len(c.token_ids) == 12)
+            assert c.score == pytest.approx(sum(c.step_scores))
+    # 4 candidates to 4 tokens, 2 to 8, 1 to 12 at most (EOS ends some earlier)
+    assert policy.meter.for_group(0)["policy_tokens_generated"] <= 4 * 4 + 2 * 4 + 1 * 4
+
+
 def test_decode_run_on_vllm(tmp_path, policy):
     import json
 

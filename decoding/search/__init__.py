@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from decoding.search import args, best_of_n, cards, cbs, dvts
+from decoding.search import args, best_of_n, cards, cbs, dvts, pruned_bon
 from decoding.search.core import Candidate, SearchResult, argmax, expand, rank_top, score
 
 
@@ -41,6 +41,7 @@ SEARCHES: dict[str, Search] = {
     "cbs": Search(cbs.CbsParams, cbs.run),
     "args": Search(args.ArgsParams, args.run, token_level=True, why=args.NEEDS),
     "cards": Search(cards.CardsParams, cards.run, token_level=True, why=cards.NEEDS, prepare=cards.prepare),
+    "pruned_bon": Search(pruned_bon.PrunedBonParams, pruned_bon.run),
 }
 
 # Flat keys of the old SearchConfig (before each search had its own block) -> where they live now.

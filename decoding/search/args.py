@@ -19,7 +19,7 @@ standard deviation", comparable across guides whose raw scales differ by orders 
 a step whose ``k`` rewards are all equal adds nothing). The policy-side term is unchanged.
 
 Fast path: the policy is prefilled once and each chosen token is fed once (one batched forward
-per token over all live prompts). A decoder scorer (``RewardModelScorer`` on a causal RM, REAR,
+per token over all live prompts). A decoder scorer (``ClassifierScorer`` on a causal RM, REAR,
 GenRM) goes through its ``PrefixCache``: the ``k`` candidates share the previous step's chosen
 prefix, which is already cached, so a step costs about ``k`` new tokens through the scorer
 instead of ``k * (prompt + response)`` tokens. An encoder RM has no prefix cache (bidirectional

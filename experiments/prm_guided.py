@@ -1,8 +1,8 @@
 """PRM-guided search on HH-RLHF prompts: the ORM vs the SP-PRM as guides (issue 8, part 3).
 
     bash scripts/experiment_prm_guided_hh.sh            # gold RMs + this experiment, one command
-    python -m decoding.experiments.prm_guided --config recipes/experiments/prm_guided_hh.yaml
-    python -m decoding.experiments.prm_guided --config ... --summarize_only true   # tables/plot again
+    python -m experiments.prm_guided --config recipes/experiments/prm_guided_hh.yaml
+    python -m experiments.prm_guided --config ... --summarize_only true   # tables/plot again
 
 SP-PRM paper, section 5.2-5.3: the same policy is steered by an outcome RM and by the
 SP-PRM made from it, with Best-of-N, ARGS-greedy, CBS and CARDS, and the outputs are
@@ -34,6 +34,7 @@ differences) and ``win_rate.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -42,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from decoding.decode import DecodeConfig, PolicyConfig, ScorerConfig, build_policy, build_scorer
-from decoding.experiments.common import (
+from decoding.policy import SamplingParams
+from decoding.prompts import DataConfig, to_prompt
+from decoding.search import SEARCHES
+from decoding.search.args import ArgsParams
+from decoding.search.cards import CardsParams
+from decoding.search.cbs import CbsParams
+from decoding.types import Meter
+from experiments.common import (
     RunOptions,
     Stopwatch,
     append_records,
@@ -60,15 +68,16 @@ from decoding.experiments.common import (
     use_meter,
     write_summary_files,
 )
-from decoding.policy import SamplingParams
-from decoding.prompts import DataConfig, to_prompt
-from decoding.types import Meter
 
 METHODS = ("bon", "args", "cbs", "cards")
 # (prompts_per_fold is not one: a larger value extends the reported prompts, see select_prompts.)
 _FINGERPRINT = ("policy", "sampling", "pairs_path", "guides", "gold_models", "folds", "calibration_prompts",
-                "selection_seed", "seed", "max_new_tokens", "n", "args_k", "args_w", "cbs_beam_width", "cbs_successors", "cbs_chunk_length", "cards_tau_u", "cards_max_rejections",
-                "cards_max_segment_tokens", "cards_quantile")
+                "selection_seed", "seed", "max_new_tokens", "n", "args", "cbs", "cards")
+# The flat knobs this config had before each search got its own params block (decoding.search).
+_MOVED = {"args_k": "args.k", "args_w": "args.w", "cbs_beam_width": "cbs.beam_width",
+          "cbs_successors": "cbs.successors", "cbs_chunk_length": "cbs.chunk_length", "cards_tau_u": "cards.tau_u",
+          "cards_max_rejections": "cards.max_rejections", "cards_max_segment_tokens": "cards.max_segment_tokens",
+          "cards_quantile": "cards.calibration_quantile"}
 
 
 def fold_of(pair_id: str, folds: int = 2) -> int:
@@ -101,26 +110,31 @@ class PrmGuidedConfig(RunOptions):
     max_new_tokens: int = field(default=64, metadata={"help": "Token budget T per response (every method)."})
     n: int = field(default=16, metadata={"help": "Best-of-N samples (also the unguided reference samples)."})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Subset of {METHODS}."})
-    args_k: int = field(default=10, metadata={"help": "ARGS top-k (paper: 30)."})
-    args_w: float = field(default=1.5, metadata={"help": "ARGS reward weight (paper: 1.5)."})
-    cbs_beam_width: int = field(default=4, metadata={"help": "CBS beams W."})
-    cbs_successors: int = field(default=4, metadata={"help": "CBS successors per beam K (W x K = n: BoN's budget)."})
-    cbs_chunk_length: int = field(default=16, metadata={"help": "CBS chunk length L."})
-    cards_tau_u: float = field(default=7.0, metadata={"help": "CARDS entropy threshold (paper: 7.0)."})
-    cards_max_rejections: int = field(default=4, metadata={"help": "CARDS rejections before the best is kept."})
-    cards_max_segment_tokens: int = field(default=16, metadata={"help": "CARDS token cap of one segment."})
-    cards_quantile: float = field(default=0.5, metadata={"help": "CARDS: quantile of each guide's scores on the "
-                                                                 "calibration prompts used as thresholds."})
+    args: ArgsParams = field(default_factory=lambda: ArgsParams(k=10, w=1.5), metadata={
+        "help": "ARGS-greedy (decoding.search.args; paper: k = 30)."})
+    cbs: CbsParams = field(default_factory=lambda: CbsParams(beam_width=4, successors=4, chunk_length=16), metadata={
+        "help": "CBS (W x K = n: Best-of-N's sampled tokens)."})
+    cards: CardsParams = field(default_factory=lambda: CardsParams(tau_u=7.0, max_rejections=4, max_segment_tokens=16,
+                                                                   calibration_quantile=0.5), metadata={
+        "help": "CARDS; r_start / r_end (and tau_u with tau_u_quantile) calibrated per guide on the "
+                "calibration_prompts, which are never reported."})
     coherence_model: str | None = field(default="builtin:all-minilm-l6-v2",
                                         metadata={"help": "Embedder of the coherence proxy; null: skip."})
     batch_size: int = field(default=4, metadata={"help": "Prompts decoded together."})
     output_dir: str = field(default="outputs/experiments/prm_guided_hh", metadata={"help": "Output folder."})
+
+    @staticmethod
+    def moved_keys() -> dict[str, str]:
+        return _MOVED
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
             self.policy = PolicyConfig(**self.policy)
         if isinstance(self.sampling, dict):
             self.sampling = SamplingParams(**self.sampling)
+        for name, cls in (("args", ArgsParams), ("cbs", CbsParams), ("cards", CardsParams)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls(**getattr(self, name)))
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"methods: unknown {bad}; choose from {METHODS}")
@@ -129,8 +143,8 @@ class PrmGuidedConfig(RunOptions):
         if self.folds < 2 or len(self.gold_models) not in (1, self.folds):
             raise ValueError(f"gold_models: need one RM per fold (folds={self.folds}, got {len(self.gold_models)}) "
                              "or one external RM; folds must be >= 2 so every prompt has a gold RM that never saw it")
-        if min(self.n, self.max_new_tokens, self.prompts_per_fold, self.batch_size, self.args_k) < 1:
-            raise ValueError("n, max_new_tokens, prompts_per_fold, batch_size and args_k must be >= 1")
+        if min(self.n, self.max_new_tokens, self.prompts_per_fold, self.batch_size) < 1:
+            raise ValueError("n, max_new_tokens, prompts_per_fold and batch_size must be >= 1")
         if "cards" in self.methods and self.calibration_prompts < 1:
             raise ValueError("calibration_prompts must be >= 1 when cards runs (its thresholds are calibrated)")
 
@@ -195,17 +209,19 @@ def _out(policy: Any, c: Any) -> dict[str, Any]:
     return {"text": policy.decode(c.token_ids), "tokens": len(c.token_ids), "complete": c.complete}
 
 
-def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
-    """Decode every pending prompt into ``output_dir/records.jsonl``; the policy can be passed in (tests)."""
-    from decoding.metrics.reward import rewards
-    from decoding.metrics.text import diversity
-    from decoding.search.args import args_decode
-    from decoding.search.best_of_n import best_of_n
-    from decoding.search.cards import CardsParams, calibrate_thresholds, cards
-    from decoding.search.cbs import chunk_beam_search
+@dataclass
+class Pending:
+    """What is left to decode: the records file, the prompts not yet in it, the calibration prompts."""
 
-    set_threads(cfg.threads)
-    reported, calibration = select_prompts(cfg)  # fails before anything is written
+    path: Path
+    todo: list[tuple[dict[str, Any], Any]]
+    calibration: list[Any]
+    total: int  # reported prompts, decoded or not
+
+
+def pending(cfg: PrmGuidedConfig) -> Pending:
+    """Stage 1: pick the prompts (fails before anything is written), claim ``output_dir``, skip decoded ones."""
+    reported, calibration = select_prompts(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     claim_output_dir(cfg, out, _FINGERPRINT)
@@ -213,115 +229,140 @@ def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
     done = {r["id"] for r in read_records(path)}
     data_cfg = DataConfig(prompt_field="prompt")
     prompts = [to_prompt(r, i, data_cfg) for i, r in enumerate(reported)]
-    todo = [(r, p) for r, p in zip(reported, prompts) if r["id"] not in done]
-    gold_path = out / "gold_accuracy.json"
-    if not todo and gold_path.exists():
-        return path
-    meter = Meter()
-    policy = policy or build_policy(DecodeConfig(policy=cfg.policy), meter)
-    device = str(policy.device)
-    if not gold_path.exists():
-        atomic_write_text(gold_path, json.dumps(gold_accuracy(cfg, device), indent=1) + "\n")
-    if not todo:
-        return path
+    calib = [to_prompt(r, len(prompts) + i, data_cfg) for i, r in enumerate(calibration)]
+    return Pending(path, [(r, p) for r, p in zip(reported, prompts) if r["id"] not in done], calib, len(reported))
+
+
+def load_guides_and_judges(cfg: PrmGuidedConfig, policy: Any, meter: Meter) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stage 2: the guides as search scorers; the judges (gold of the other fold, and every guide) per fold."""
     guides = {name: build_scorer(DecodeConfig(policy=cfg.policy, scorer=ScorerConfig(
         name=f"rm:{p}", max_batch_tokens=cfg.max_batch_tokens)), policy, meter) for name, p in cfg.guides.items()}
-    # judge name -> one (model, tokenizer, format) per fold of the judged prompt
-    golds = [load_judge_rm(p, device) for p in cfg.gold_models]
+    golds = [load_judge_rm(p, str(policy.device)) for p in cfg.gold_models]
     judges = {"gold": [golds[(f + 1) % len(golds)] for f in range(cfg.folds)]}  # one external gold: golds[0]
     judges.update({f"guide:{name}": [(g.model, g.tokenizer, g.format)] * cfg.folds for name, g in guides.items()})
-    thresholds: dict[str, tuple[float, float]] = {}
-    if "cards" in cfg.methods:  # per guide, on prompts that are never reported
-        calib = [to_prompt(r, len(prompts) + i, data_cfg) for i, r in enumerate(calibration)]
-        for name, g in guides.items():
-            thresholds[name] = calibrate_thresholds(policy, g, calib, n=4, max_new_tokens=cfg.max_new_tokens,
-                                                    quantile=cfg.cards_quantile, seed=cfg.seed)
+    return guides, judges
+
+
+def calibrate_cards(cfg: PrmGuidedConfig, policy: Any, guides: dict[str, Any], calibration: list[Any]) -> dict[str, Any]:
+    """Stage 3: each guide's CARDS params, calibrated on the unreported calibration prompts (registry ``prepare``)."""
+    if "cards" not in cfg.methods:
+        return {}
+    cp = dataclasses.replace(cfg.cards, calibration_prompts=len(calibration))
+    return {name: SEARCHES["cards"].prepare(policy, g, calibration, cp, cfg.sampling, cfg.max_new_tokens, cfg.seed)
+            for name, g in guides.items()}
+
+
+class BatchRun:
+    """One batch of prompts: its records under construction and each method's compute, counted per prompt."""
+
+    def __init__(self, policy: Any, chunk: list[tuple[dict[str, Any], Any]]) -> None:
+        self.policy = policy
+        self.batch = [p for _, p in chunk]
+        self.recs = {p.id: {"id": r["id"], "fold": r["fold"], "prompt": r["prompt"], "outputs": {}, "compute": {}}
+                     for r, p in chunk}
+
+    def timed(self, key: str, scorer: Any, fn: Any, *args: Any, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` with its compute counted under ``key`` for every prompt of the batch."""
+        m, sw = use_meter(Meter(), self.policy, scorer), Stopwatch()
+        with sw.time():
+            res = fn(*args, **kw)
+        for p in self.batch:
+            self.recs[p.id]["compute"][key] = {**m.for_group(p.index), "seconds": round(sw.seconds / len(self.batch), 4)}
+        return res
+
+
+def decode_batch(cfg: PrmGuidedConfig, policy: Any, guides: dict[str, Any], cards_params: dict[str, Any],
+                 br: BatchRun) -> None:
+    """Stage 4: the unguided references (N samples, greedy), then every method under every guide."""
+    batch = br.batch
+    first = guides[next(iter(guides))]
+    bon = SEARCHES["best_of_n"].run
+    samples = br.timed("samples", first, bon, policy, first, batch, SEARCHES["best_of_n"].params(n=cfg.n),
+                       cfg.sampling, cfg.max_new_tokens, cfg.seed)
+    for r in samples:
+        br.recs[r.prompt.id]["samples"] = [_out(policy, c) for c in r.candidates]
+    greedy = br.timed("greedy", first, bon, policy, first, batch, SEARCHES["best_of_n"].params(n=1),
+                      SamplingParams(temperature=0.0), cfg.max_new_tokens, cfg.seed)
+    for r in greedy:
+        br.recs[r.prompt.id]["outputs"]["greedy"] = _out(policy, r.best_candidate)
+    parts = [[c.partial(policy) for c in r.candidates] for r in samples]
+    for name, g in guides.items():
+        if "bon" in cfg.methods:  # the shared samples ranked by this guide (compute: samples + this scoring)
+            scores = br.timed(f"{name}/bon", g, g.score, [r.prompt for r in samples for _ in r.candidates],
+                              [c for ps in parts for c in ps]).tolist()
+            for i, r in enumerate(samples):
+                s = scores[i * cfg.n: (i + 1) * cfg.n]
+                j = max(range(len(s)), key=lambda i: (s[i], -i))
+                br.recs[r.prompt.id]["outputs"][f"{name}/bon"] = {**_out(policy, r.candidates[j]), "pick": j}
+        params = {"args": cfg.args, "cbs": cfg.cbs, "cards": cards_params.get(name)}
+        for method in ("args", "cbs", "cards"):
+            if method in cfg.methods:
+                results = br.timed(f"{name}/{method}", g, SEARCHES[method].run, policy, g, batch, params[method],
+                                   cfg.sampling, cfg.max_new_tokens, cfg.seed)
+                for r in results:
+                    br.recs[r.prompt.id]["outputs"][f"{name}/{method}"] = _out(policy, r.best_candidate)
+
+
+def judge_batch(cfg: PrmGuidedConfig, judges: dict[str, Any], embedder: Any, br: BatchRun) -> None:
+    """Stage 5: every judge (one pass per judge and fold) on every output and sample; diversity, coherence."""
+    from decoding.metrics.reward import rewards
+    from decoding.metrics.text import diversity
+
+    items = [(rec, o) for rec in br.recs.values() for o in [*rec["samples"], *rec["outputs"].values()]]
+    for judge, per_fold in judges.items():
+        for f in range(cfg.folds):
+            sel = [(rec, o) for rec, o in items if rec["fold"] == f]
+            if not sel:
+                continue
+            model, tok, fmt_ = per_fold[f]
+            vals = rewards(model, tok, [rec["prompt"] for rec, _ in sel], [o["text"] for _, o in sel], fmt_,
+                           complete=[o["complete"] for _, o in sel], max_batch_tokens=cfg.max_batch_tokens)
+            for (_, o), v in zip(sel, vals):
+                o[judge] = v
+    for _, o in items:
+        o["diversity"] = diversity(o["text"])
+    if embedder is not None:
+        from decoding.metrics.coherence import coherence
+
+        vals = coherence([rec["prompt"] for rec, _ in items], [o["text"] for _, o in items], embedder)
+        for (_, o), v in zip(items, vals):
+            o["coherence"] = v
+
+
+def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
+    """Decode every pending prompt into ``output_dir/records.jsonl``; the policy can be passed in (tests)."""
+    set_threads(cfg.threads)
+    todo = pending(cfg)
+    gold_path = Path(cfg.output_dir) / "gold_accuracy.json"
+    if not todo.todo and gold_path.exists():
+        return todo.path
+    meter = Meter()
+    policy = policy or build_policy(DecodeConfig(policy=cfg.policy), meter)
+    if not gold_path.exists():
+        atomic_write_text(gold_path, json.dumps(gold_accuracy(cfg, str(policy.device)), indent=1) + "\n")
+    if not todo.todo:
+        return todo.path
+    guides, judges = load_guides_and_judges(cfg, policy, meter)
+    cards_params = calibrate_cards(cfg, policy, guides, todo.calibration)
     if embedder is None and cfg.coherence_model:
         from decoding.metrics.coherence import Embedder
 
-        embedder = Embedder(cfg.coherence_model, device=device)
+        embedder = Embedder(cfg.coherence_model, device=str(policy.device))
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(reported), initial=len(reported) - len(todo), desc="prm-guided", unit="prompt")
-    for start in range(0, len(todo), cfg.batch_size):
-        chunk = todo[start: start + cfg.batch_size]
-        batch = [p for _, p in chunk]
-        recs = {p.id: {"id": r["id"], "fold": r["fold"], "prompt": r["prompt"], "outputs": {}, "compute": {}}
-                for r, p in chunk}
-
-        def run_method(key: str, scorer: Any, fn: Any, *args: Any, batch=batch, recs=recs, **kw: Any) -> list[Any]:
-            """``fn(*args, **kw)`` with its compute counted under ``key`` for every prompt of the batch."""
-            m, sw = use_meter(Meter(), policy, scorer), Stopwatch()
-            with sw.time():
-                res = fn(*args, **kw)
-            for p in batch:
-                recs[p.id]["compute"][key] = {**m.for_group(p.index), "seconds": round(sw.seconds / len(batch), 4)}
-            return res
-
-        # Unguided reference: N samples drawn once (also Best-of-N's candidates), and greedy.
-        first = guides[next(iter(guides))]
-        samples = run_method("samples", first, best_of_n, policy, first, batch, cfg.n, cfg.sampling,
-                             cfg.max_new_tokens, cfg.seed)
-        for r in samples:
-            recs[r.prompt.id]["samples"] = [_out(policy, c) for c in r.candidates]
-        greedy = run_method("greedy", first, best_of_n, policy, first, batch, 1, SamplingParams(temperature=0.0),
-                            cfg.max_new_tokens, cfg.seed)
-        for r in greedy:
-            recs[r.prompt.id]["outputs"]["greedy"] = _out(policy, r.best_candidate)
-        parts = [[c.partial(policy) for c in r.candidates] for r in samples]
-        for name, g in guides.items():
-            if "bon" in cfg.methods:  # the shared samples ranked by this guide (compute: samples + this scoring)
-                scores = run_method(f"{name}/bon", g, g.score, [r.prompt for r in samples for _ in r.candidates],
-                                    [c for ps in parts for c in ps]).tolist()
-                for i, r in enumerate(samples):
-                    s = scores[i * cfg.n: (i + 1) * cfg.n]
-                    j = max(range(len(s)), key=lambda i: (s[i], -i))
-                    recs[r.prompt.id]["outputs"][f"{name}/bon"] = {**_out(policy, r.candidates[j]), "pick": j}
-            res: dict[str, list[Any]] = {}
-            if "args" in cfg.methods:
-                res["args"] = run_method(f"{name}/args", g, args_decode, policy, g, batch, k=cfg.args_k,
-                                         w=cfg.args_w, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-            if "cbs" in cfg.methods:
-                res["cbs"] = run_method(f"{name}/cbs", g, chunk_beam_search, policy, g, batch, cfg.cbs_beam_width,
-                                        cfg.cbs_successors, cfg.cbs_chunk_length, cfg.sampling, cfg.max_new_tokens,
-                                        cfg.seed)
-            if "cards" in cfg.methods:
-                cp = CardsParams(tau_u=cfg.cards_tau_u, r_start=thresholds[name][0], r_end=thresholds[name][1],
-                                 max_rejections=cfg.cards_max_rejections,
-                                 max_segment_tokens=cfg.cards_max_segment_tokens)
-                res["cards"] = run_method(f"{name}/cards", g, cards, policy, g, batch, cp, cfg.sampling,
-                                          cfg.max_new_tokens, seed=cfg.seed)
-            for method, results in res.items():
-                for r in results:
-                    recs[r.prompt.id]["outputs"][f"{name}/{method}"] = _out(policy, r.best_candidate)
-        # Judges: gold of the other fold, and every guide, on every output and sample (one pass per judge).
-        items = [(rec, o) for rec in recs.values() for o in [*rec["samples"], *rec["outputs"].values()]]
-        for judge, per_fold in judges.items():
-            for f in range(cfg.folds):
-                sel = [(rec, o) for rec, o in items if rec["fold"] == f]
-                if not sel:
-                    continue
-                model, tok, fmt_ = per_fold[f]
-                vals = rewards(model, tok, [rec["prompt"] for rec, _ in sel], [o["text"] for _, o in sel], fmt_,
-                               complete=[o["complete"] for _, o in sel], max_batch_tokens=cfg.max_batch_tokens)
-                for (_, o), v in zip(sel, vals):
-                    o[judge] = v
-        for _, o in items:
-            o["diversity"] = diversity(o["text"])
-        if embedder is not None:
-            from decoding.metrics.coherence import coherence
-
-            vals = coherence([rec["prompt"] for rec, _ in items], [o["text"] for _, o in items], embedder)
-            for (_, o), v in zip(items, vals):
-                o["coherence"] = v
-        append_records(path, [recs[p.id] for p in batch])
+        bar = tqdm(total=todo.total, initial=todo.total - len(todo.todo), desc="prm-guided", unit="prompt")
+    for start in range(0, len(todo.todo), cfg.batch_size):
+        br = BatchRun(policy, todo.todo[start: start + cfg.batch_size])
+        decode_batch(cfg, policy, guides, cards_params, br)
+        judge_batch(cfg, judges, embedder, br)
+        append_records(todo.path, [br.recs[p.id] for p in br.batch])
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(len(br.batch))
     if bar is not None:
         bar.close()
-    return path
+    return todo.path
 
 
 # -- analysis ------------------------------------------------------------------------------------------
@@ -416,10 +457,11 @@ def to_markdown(summary: dict[str, Any], cfg: PrmGuidedConfig, command: str) -> 
              f"({cfg.prompts_per_fold} per fold, folds by hashed pair id); T = {cfg.max_new_tokens} tokens; sampling "
              f"temperature {cfg.sampling.temperature}, top-p {cfg.sampling.top_p}; seed {cfg.seed}. Guides: "
              + ", ".join(f"{k} = `{v}`" for k, v in cfg.guides.items())
-             + f". BoN N = {cfg.n}; ARGS greedy k = {cfg.args_k}, w = {cfg.args_w}; CBS W = {cfg.cbs_beam_width}, "
-             f"K = {cfg.cbs_successors}, L = {cfg.cbs_chunk_length}; CARDS τ_u = {cfg.cards_tau_u}, segments <= "
-             f"{cfg.cards_max_segment_tokens} tokens, <= {cfg.cards_max_rejections} rejections, thresholds = the "
-             f"{cfg.cards_quantile} quantile of each guide's scores on {cfg.calibration_prompts} unreported prompts.",
+             + f". BoN N = {cfg.n}; ARGS greedy k = {cfg.args.k}, w = {cfg.args.w}; CBS W = {cfg.cbs.beam_width}, "
+             f"K = {cfg.cbs.successors}, L = {cfg.cbs.chunk_length}; CARDS τ_u = {cfg.cards.tau_u}, segments <= "
+             f"{cfg.cards.max_segment_tokens} tokens, <= {cfg.cards.max_rejections} rejections, thresholds = the "
+             f"{cfg.cards.calibration_quantile} quantile of each guide's scores on {cfg.calibration_prompts} "
+             "unreported prompts.",
              "", "Gold: each prompt judged by the RM trained on the *other* fold's pairs. Win rate: share of the "
              "prompt's N unguided samples the output beats under that gold RM (ties half; 0.5 = sampling). "
              "gold z: (gold - mean of the N samples) / the fold's sample std. CIs: percentile bootstrap 95% over "
@@ -513,7 +555,7 @@ def write_summary(cfg: PrmGuidedConfig, command: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    experiment_main(PrmGuidedConfig, "decoding.experiments.prm_guided", run, write_summary, argv)
+    experiment_main(PrmGuidedConfig, "experiments.prm_guided", run, write_summary, argv)
 
 
 if __name__ == "__main__":

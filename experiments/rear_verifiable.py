@@ -1,8 +1,8 @@
 """REAR on verifiable preferences (issue 8, part 1; REAR paper section 5.2, Fig. 2-3).
 
-    python -m decoding.experiments.rear_verifiable --config recipes/experiments/rear_verifiable_smollm2.yaml
-    python -m decoding.experiments.rear_verifiable --config ... --questions 8 --n 4 --max_new_tokens 32  # smoke
-    python -m decoding.experiments.rear_verifiable --config ... --summarize_only true   # tables/plot again
+    python -m experiments.rear_verifiable --config recipes/experiments/rear_verifiable_smollm2.yaml
+    python -m experiments.rear_verifiable --config ... --questions 8 --n 4 --max_new_tokens 32  # smoke
+    python -m experiments.rear_verifiable --config ... --summarize_only true   # tables/plot again
 
 Real helpful questions (HH-RLHF helpful, DOVE test split) are paired round-robin
 with preferences a program can check (``decoding.verifiable``); the preference is
@@ -12,7 +12,7 @@ in the policy's context. Per prompt, with the same seeds for every method:
 * ``bon``: N candidates sampled once; REAR's two sums ``A`` (question only) and
   ``B`` (with the preference) kept per candidate, so Best-of-N with REAR at every
   lambda, with and without length normalisation, is a post-hoc selection that
-  equals a separate ``best_of_n`` run per lambda (``decoding.rear_sweep``); the
+  equals a separate ``best_of_n`` run per lambda (``decoding.scorers.rear``); the
   random pick (expected over the N) and the oracle (any of the N satisfies) come
   from the same candidates;
 * ``genrm``: the same N candidates scored by the policy as its own yes/no judge
@@ -35,6 +35,7 @@ skipped); summaries and plots are written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -42,8 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from decoding.decode import DecodeConfig, PolicyConfig, SearchConfig, build_policy
-from decoding.experiments.common import (
+from decoding.decode import DecodeConfig, PolicyConfig, build_policy
+from decoding.policy import SamplingParams
+from decoding.prompts import DataConfig, to_prompt
+from decoding.scorers.rear import rear_scores
+from decoding.search.dvts import DvtsParams
+from decoding.types import Meter
+from decoding.verifiable import PREFERENCES, build_prompts
+from experiments.common import (
     RunOptions,
     Stopwatch,
     append_records,
@@ -62,17 +69,12 @@ from decoding.experiments.common import (
     use_meter,
     write_summary_files,
 )
-from decoding.policy import SamplingParams
-from decoding.prompts import DataConfig, to_prompt
-from decoding.rear_sweep import rear_scores
-from decoding.types import Meter
-from decoding.verifiable import PREFERENCES, build_prompts
 
 METHODS = ("greedy", "bon", "genrm", "dvts")
 # Fields whose change makes earlier records of an output_dir incomparable (resume refuses to mix them).
 _FINGERPRINT = ("policy", "sampling", "data_path", "preferences", "preference_as", "questions", "dev_questions",
-                "selection_seed", "seed", "n", "max_new_tokens", "dvts_width", "dvts_lam", "dvts_length_normalize",
-                "dvts_max_steps", "dvts_max_step_tokens")
+                "selection_seed", "seed", "n", "max_new_tokens", "dvts", "dvts_lam", "dvts_length_normalize")
+_MOVED = {"dvts_width": "dvts.width", "dvts_max_steps": "dvts.max_steps", "dvts_max_step_tokens": "dvts.max_step_tokens"}
 
 
 @dataclass
@@ -101,11 +103,11 @@ class RearVerifiableConfig(RunOptions):
     lams: list[float] = field(default_factory=lambda: [0.0, 1.0, 3.0, 10.0, 20.0, 50.0],
                               metadata={"help": "REAR lambdas of the Best-of-N sweep (.inf: the limit B - A)."})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Subset of {METHODS}."})
-    dvts_width: int = field(default=4, metadata={"help": "DVTS expansion width (n / width subtrees)."})
+    dvts: DvtsParams = field(default_factory=lambda: DvtsParams(n=16, width=4, max_steps=16, max_step_tokens=64),
+                             metadata={"help": "DVTS (decoding.search.dvts); its n is set to n (Best-of-N's budget) "
+                                               "and steps end at a line break."})
     dvts_lam: float = field(default=20.0, metadata={"help": "REAR lambda of DVTS."})
     dvts_length_normalize: bool = field(default=False, metadata={"help": "DVTS: length-normalised REAR."})
-    dvts_max_steps: int = field(default=16, metadata={"help": "DVTS step budget."})
-    dvts_max_step_tokens: int = field(default=64, metadata={"help": "DVTS token cap of one step."})
     coherence_model: str | None = field(default="builtin:all-minilm-l6-v2",
                                         metadata={"help": "Embedder of the coherence proxy; null: skip."})
     reward_model: str | None = field(default=None, metadata={"help": "RM path for the reward proxy (e.g. an ORM "
@@ -114,11 +116,21 @@ class RearVerifiableConfig(RunOptions):
     batch_size: int = field(default=2, metadata={"help": "Prompts decoded together."})
     output_dir: str = field(default="outputs/experiments/rear_verifiable_smollm2", metadata={"help": "Output folder."})
 
+    @staticmethod
+    def moved_keys() -> dict[str, str]:
+        return _MOVED
+
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
             self.policy = PolicyConfig(**self.policy)
         if isinstance(self.sampling, dict):
             self.sampling = SamplingParams(**self.sampling)
+        dvts = self.dvts if isinstance(self.dvts, dict) else dataclasses.asdict(self.dvts)
+        width = dvts.get("width", 4)
+        if "dvts" in self.methods and self.n % width:
+            raise ValueError(f"n={self.n} must be a multiple of dvts.width={width}")
+        # dvts.n is n (Best-of-N's budget; a config that does not run DVTS keeps a valid block); steps: lines.
+        self.dvts = DvtsParams(**{**dvts, "n": self.n if self.n % width == 0 else width, "delimiter": "\n"})
         unknown = [p for p in self.preferences if p not in PREFERENCES]
         if unknown or not self.preferences:
             raise ValueError(f"preferences: unknown {unknown}; known: {sorted(PREFERENCES)}")
@@ -131,8 +143,6 @@ class RearVerifiableConfig(RunOptions):
             raise ValueError(f"splits must be dev and/or test, got {self.splits}")
         if self.n < 1 or self.max_new_tokens < 1 or self.questions < 0 or self.dev_questions < 0:
             raise ValueError("n and max_new_tokens must be >= 1; questions and dev_questions >= 0")
-        if "dvts" in self.methods and self.n % self.dvts_width:
-            raise ValueError(f"n={self.n} must be a multiple of dvts_width={self.dvts_width}")
         self.lams = [float(x) for x in self.lams]
         if any(lam < 0 or math.isnan(lam) for lam in self.lams):
             raise ValueError(f"lams must be >= 0, got {self.lams}")
@@ -173,15 +183,12 @@ def _verify(name: str, text: str) -> bool:
     return bool(PREFERENCES[name].check(text))
 
 
-def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> Path:
-    """Decode every pending prompt into ``output_dir/records.jsonl``; models can be passed in (tests)."""
-    from decoding.rear_sweep import best_of_n_terms
-    from decoding.scorers import GenRMScorer, RearScorer
-    from decoding.search.best_of_n import best_of_n
-    from decoding.search.dvts import dvts
+def pending(cfg: RearVerifiableConfig) -> tuple[Path, list[tuple[dict[str, Any], Any]], int]:
+    """Stage 1: pick the prompts (fails before anything is written), claim ``output_dir``, skip decoded ones.
 
-    set_threads(cfg.threads)
-    records = [r for r in select_prompts(cfg) if r["split"] in cfg.splits]  # fails before anything is written
+    Returns the records file, the pending (record, prompt) pairs and the number of prompts in all.
+    """
+    records = [r for r in select_prompts(cfg) if r["split"] in cfg.splits]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     claim_output_dir(cfg, out, _FINGERPRINT)
@@ -189,114 +196,137 @@ def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> 
     done = {r["id"] for r in read_records(path)}
     data_cfg = DataConfig(preference_as=cfg.preference_as)
     prompts = [to_prompt(r, i, data_cfg) for i, r in enumerate(records)]
-    todo = [(r, p) for r, p in zip(records, prompts) if r["id"] not in done]
+    return path, [(r, p) for r, p in zip(records, prompts) if r["id"] not in done], len(records)
+
+
+def _texts(policy: Any, candidates: Any, scores: bool = False) -> list[dict[str, Any]]:
+    return [{"text": policy.decode(c.token_ids), "tokens": len(c.token_ids), "complete": c.complete,
+             **({"score": c.score} if scores else {})} for c in candidates]
+
+
+class BatchRun:
+    """One batch of prompts: its records under construction and each method's compute, counted per prompt."""
+
+    def __init__(self, policy: Any, chunk: list[tuple[dict[str, Any], Any]]) -> None:
+        self.policy = policy
+        self.batch = [p for _, p in chunk]
+        self.recs = {p.id: {"id": r["id"], "split": r["split"], "question": r["question"],
+                            "preference": r["preference"], "preference_name": r["preference_name"], "compute": {}}
+                     for r, p in chunk}
+
+    def timed(self, method: str, fn: Any, *objects: Any) -> Any:
+        """``fn(meter)`` with the compute of ``policy`` and ``objects`` counted under ``method`` per prompt."""
+        m, sw = use_meter(Meter(), self.policy, *objects), Stopwatch()
+        with sw.time():
+            res = fn(m)
+        for p in self.batch:
+            self.recs[p.id]["compute"][method] = {**m.for_group(p.index),
+                                                  "seconds": round(sw.seconds / len(self.batch), 4)}
+        return res
+
+
+def decode_batch(cfg: RearVerifiableConfig, policy: Any, scorers: dict[str, Any], br: BatchRun) -> None:
+    """Stage 2: greedy; Best-of-N's candidates with both REAR sums (the lambda sweep); GenRM on them; DVTS."""
+    from decoding.scorers.rear import best_of_n_terms
+    from decoding.search.best_of_n import best_of_n
+    from decoding.search.dvts import run as dvts
+
+    batch, recs = br.batch, br.recs
+    if "greedy" in cfg.methods:
+        g = scorers["greedy"]
+        res = br.timed("greedy", lambda m: best_of_n(policy, g, batch, 1, SamplingParams(temperature=0.0),
+                                                     cfg.max_new_tokens, cfg.seed), g)
+        for r in res:
+            recs[r.prompt.id]["greedy"] = _texts(policy, [r.best_candidate])[0]
+    if "bon" in cfg.methods:
+        swept = br.timed("bon", lambda m: best_of_n_terms(policy, batch, cfg.n, cfg.sampling, cfg.max_new_tokens,
+                                                          cfg.seed, max_batch_tokens=cfg.max_batch_tokens, meter=m))
+        for s in swept:
+            recs[s.prompt.id]["bon"] = {"A": s.A.tolist(), "B": s.B.tolist(), "n_terms": list(s.n_terms),
+                                        "candidates": _texts(policy, s.candidates)}
+        if "genrm" in scorers:
+            genrm = scorers["genrm"]
+            flat = [(s.prompt, c.partial(policy)) for s in swept for c in s.candidates]
+            scores = br.timed("genrm", lambda m: genrm.score([p for p, _ in flat], [c for _, c in flat]).tolist(),
+                              genrm)
+            for i, s in enumerate(swept):
+                recs[s.prompt.id]["bon"]["genrm"] = scores[i * cfg.n: (i + 1) * cfg.n]
+    if "dvts" in cfg.methods:
+        d = scorers["dvts"]
+        res = br.timed("dvts", lambda m: dvts(policy, d, batch, cfg.dvts, cfg.sampling, cfg.max_new_tokens,
+                                              cfg.seed), d)
+        for r in res:
+            recs[r.prompt.id]["dvts"] = {"lam": cfg.dvts_lam, "length_normalize": cfg.dvts_length_normalize,
+                                         "best": r.best, "candidates": _texts(policy, r.candidates, scores=True)}
+
+
+def annotate_batch(cfg: RearVerifiableConfig, embedder: Any, rm: Any, br: BatchRun) -> None:
+    """Stage 3: every output checked by its preference's verifier, and the coherence / reward proxies."""
+    texts: list[tuple[str, dict[str, Any]]] = []  # (question, candidate dict) pairs for the proxies
+    for rec in br.recs.values():
+        cands = [rec["greedy"]] if "greedy" in rec else []
+        for key in ("bon", "dvts"):
+            if key in rec:
+                cands += rec[key]["candidates"]
+        for c in cands:
+            c["satisfied"] = _verify(rec["preference_name"], c["text"])
+            texts.append((rec["question"], c))
+    if not texts:
+        return
+    proxies: dict[str, Any] = {}
+    if embedder is not None:
+        from decoding.metrics.coherence import coherence
+
+        proxies["coherence"] = lambda: coherence([q for q, _ in texts], [c["text"] for _, c in texts], embedder)
+    if rm is not None:
+        from decoding.metrics.reward import rewards
+
+        proxies["reward"] = lambda: rewards(rm[0], rm[1], [q for q, _ in texts], [c["text"] for _, c in texts], rm[2],
+                                            complete=[c["complete"] for _, c in texts],
+                                            max_batch_tokens=cfg.max_batch_tokens)
+    for name, compute in proxies.items():
+        sw = Stopwatch()
+        with sw.time():
+            values = compute()
+        for (_, c), v in zip(texts, values):
+            c[name] = v
+        for rec in br.recs.values():
+            rec["compute"][name] = {"seconds": round(sw.seconds / len(br.batch), 4)}
+
+
+def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> Path:
+    """Decode every pending prompt into ``output_dir/records.jsonl``; models can be passed in (tests)."""
+    from decoding.scorers import GenRMScorer, RearScorer
+
+    set_threads(cfg.threads)
+    path, todo, total = pending(cfg)
     if not todo:
         return path
     meter = Meter()
-    policy = policy or build_policy(
-        DecodeConfig(policy=cfg.policy, search=SearchConfig(delimiter="\n")), meter)
-    policy.delimiter = "\n"
+    policy = policy or build_policy(DecodeConfig(policy=cfg.policy), meter)
+    policy.delimiter = cfg.dvts.delimiter
     if embedder is None and cfg.coherence_model:
         from decoding.metrics.coherence import Embedder
 
         embedder = Embedder(cfg.coherence_model, device=str(policy.device))
     rm = load_judge_rm(cfg.reward_model, str(policy.device), cfg.reward_dtype) if cfg.reward_model else None
     kw = dict(max_batch_tokens=cfg.max_batch_tokens)
-    greedy_scorer = RearScorer(policy, 1.0, **kw)  # lambda = 1 reuses the sampling log-probs: no extra pass
-    genrm = GenRMScorer(policy, **kw) if "genrm" in cfg.methods else None
-    dvts_scorer = RearScorer(policy, cfg.dvts_lam, length_normalize=cfg.dvts_length_normalize, **kw)
+    scorers = {"greedy": RearScorer(policy, 1.0, **kw),  # lambda = 1 reuses the sampling log-probs: no extra pass
+               "dvts": RearScorer(policy, cfg.dvts_lam, length_normalize=cfg.dvts_length_normalize, **kw)}
+    if "genrm" in cfg.methods:
+        scorers["genrm"] = GenRMScorer(policy, **kw)
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="rear-verifiable", unit="prompt")
+        bar = tqdm(total=total, initial=total - len(todo), desc="rear-verifiable", unit="prompt")
     for start in range(0, len(todo), cfg.batch_size):
-        chunk = todo[start: start + cfg.batch_size]
-        batch = [p for _, p in chunk]
-        recs = {p.id: {"id": r["id"], "split": r["split"], "question": r["question"], "preference": r["preference"],
-                       "preference_name": r["preference_name"], "compute": {}} for r, p in chunk}
-
-        def charge(method: str, m: Meter, seconds: float, batch=batch, recs=recs) -> None:
-            for p in batch:
-                recs[p.id]["compute"][method] = {**m.for_group(p.index), "seconds": round(seconds / len(batch), 4)}
-
-        texts: list[tuple[str, dict[str, Any]]] = []  # (question, candidate dict) pairs for the proxies
-        if "greedy" in cfg.methods:
-            m, sw = use_meter(Meter(), policy, greedy_scorer), Stopwatch()
-            with sw.time():
-                res = best_of_n(policy, greedy_scorer, batch, 1, SamplingParams(temperature=0.0), cfg.max_new_tokens,
-                                cfg.seed)
-            charge("greedy", m, sw.seconds)
-            for r in res:
-                c = r.best_candidate
-                recs[r.prompt.id]["greedy"] = {"text": policy.decode(c.token_ids), "tokens": len(c.token_ids),
-                                               "complete": c.complete}
-        if "bon" in cfg.methods:
-            m, sw = use_meter(Meter(), policy), Stopwatch()
-            with sw.time():
-                swept = best_of_n_terms(policy, batch, cfg.n, cfg.sampling, cfg.max_new_tokens, cfg.seed,
-                                        max_batch_tokens=cfg.max_batch_tokens, meter=m)
-            charge("bon", m, sw.seconds)
-            for s in swept:
-                recs[s.prompt.id]["bon"] = {
-                    "A": s.A.tolist(), "B": s.B.tolist(), "n_terms": list(s.n_terms),
-                    "candidates": [{"text": policy.decode(c.token_ids), "tokens": len(c.token_ids),
-                                    "complete": c.complete} for c in s.candidates],
-                }
-            if genrm is not None:
-                m, sw = use_meter(Meter(), policy, genrm), Stopwatch()
-                with sw.time():
-                    flat = [(s.prompt, c.partial(policy)) for s in swept for c in s.candidates]
-                    scores = genrm.score([p for p, _ in flat], [c for _, c in flat]).tolist()
-                charge("genrm", m, sw.seconds)
-                for i, s in enumerate(swept):
-                    recs[s.prompt.id]["bon"]["genrm"] = scores[i * cfg.n: (i + 1) * cfg.n]
-        if "dvts" in cfg.methods:
-            m, sw = use_meter(Meter(), policy, dvts_scorer), Stopwatch()
-            with sw.time():
-                res = dvts(policy, dvts_scorer, batch, cfg.n, cfg.dvts_width, cfg.sampling, cfg.max_new_tokens,
-                           cfg.dvts_max_steps, cfg.dvts_max_step_tokens, cfg.seed)
-            charge("dvts", m, sw.seconds)
-            for r in res:
-                recs[r.prompt.id]["dvts"] = {
-                    "lam": cfg.dvts_lam, "length_normalize": cfg.dvts_length_normalize, "best": r.best,
-                    "candidates": [{"text": policy.decode(c.token_ids), "tokens": len(c.token_ids),
-                                    "complete": c.complete, "score": c.score} for c in r.candidates],
-                }
-        for rec in recs.values():
-            cands = []
-            if "greedy" in rec:
-                cands.append(rec["greedy"])
-            for key in ("bon", "dvts"):
-                if key in rec:
-                    cands += rec[key]["candidates"]
-            for c in cands:
-                c["satisfied"] = _verify(rec["preference_name"], c["text"])
-                texts.append((rec["question"], c))
-        if embedder is not None and texts:
-            from decoding.metrics.coherence import coherence
-
-            sw = Stopwatch()
-            with sw.time():
-                values = coherence([q for q, _ in texts], [c["text"] for _, c in texts], embedder)
-            for (_, c), v in zip(texts, values):
-                c["coherence"] = v
-            for rec in recs.values():
-                rec["compute"]["coherence"] = {"seconds": round(sw.seconds / len(batch), 4)}
-        if rm is not None and texts:
-            from decoding.metrics.reward import rewards
-
-            sw = Stopwatch()
-            with sw.time():
-                values = rewards(rm[0], rm[1], [q for q, _ in texts], [c["text"] for _, c in texts], rm[2],
-                                 complete=[c["complete"] for _, c in texts], max_batch_tokens=cfg.max_batch_tokens)
-            for (_, c), v in zip(texts, values):
-                c["reward"] = v
-            for rec in recs.values():
-                rec["compute"]["reward"] = {"seconds": round(sw.seconds / len(batch), 4)}
-        append_records(path, [recs[p.id] for p in batch])
+        br = BatchRun(policy, todo[start: start + cfg.batch_size])
+        decode_batch(cfg, policy, scorers, br)
+        annotate_batch(cfg, embedder, rm, br)
+        append_records(path, [br.recs[p.id] for p in br.batch])
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(len(br.batch))
     if bar is not None:
         bar.close()
     return path
@@ -389,7 +419,7 @@ def to_markdown(summary: dict[str, Any], cfg: RearVerifiableConfig, command: str
              f"Policy `{cfg.policy.model}`; data `{cfg.data_path}`; preferences {', '.join(cfg.preferences)} "
              f"(as {cfg.preference_as}); N = {cfg.n}; max_new_tokens = {cfg.max_new_tokens}; temperature "
              f"{cfg.sampling.temperature}; seed {cfg.seed}; selection_seed {cfg.selection_seed}; DVTS width "
-             f"{cfg.dvts_width}, λ = {lam_label(cfg.dvts_lam)}. CIs: percentile bootstrap 95% over prompts "
+             f"{cfg.dvts.width}, λ = {lam_label(cfg.dvts_lam)}. CIs: percentile bootstrap 95% over prompts "
              f"({cfg.bootstrap_resamples} resamples). Random pick: expectation over the N candidates. Oracle: share "
              "of prompts where any of the N Best-of-N candidates satisfies. '/len': REAR score divided by the "
              "number of summed tokens (not the paper's default).", ""]
@@ -484,7 +514,7 @@ def write_summary(cfg: RearVerifiableConfig, command: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    experiment_main(RearVerifiableConfig, "decoding.experiments.rear_verifiable", run, write_summary, argv)
+    experiment_main(RearVerifiableConfig, "experiments.rear_verifiable", run, write_summary, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """REAR on PrefEval implicit choice (issue 8, part 2; REAR paper section 5.2, Fig. 2 right).
 
-    python -m decoding.experiments.prefeval_choice --config recipes/experiments/prefeval_choice_smollm2.yaml
-    python -m decoding.experiments.prefeval_choice --config ... --limit 8          # smoke
-    python -m decoding.experiments.prefeval_choice --config ... --summarize_only true
+    python -m experiments.prefeval_choice --config recipes/experiments/prefeval_choice_smollm2.yaml
+    python -m experiments.prefeval_choice --config ... --limit 8          # smoke
+    python -m experiments.prefeval_choice --config ... --summarize_only true
 
 Data (PrefEval, CC BY-NC 4.0: evaluation only; read from ``data_dir``, never copied
 into the repo): per topic, row ``i`` of ``implicit_preference/choice-based`` holds
@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from decoding.decode import DecodeConfig, PolicyConfig, build_policy
-from decoding.experiments.common import (
+from decoding.scorers.rear import rear_scores
+from decoding.types import Meter, Partial, Prompt
+from experiments.common import (
     RunOptions,
     Stopwatch,
     append_records,
@@ -56,8 +58,6 @@ from decoding.experiments.common import (
     use_meter,
     write_summary_files,
 )
-from decoding.rear_sweep import rear_scores
-from decoding.types import Meter, Partial, Prompt
 
 LETTERS = "ABCD"
 # Fields whose change makes earlier records of an output_dir incomparable (resume refuses to mix them).
@@ -316,7 +316,7 @@ def write_summary(cfg: PrefEvalChoiceConfig, command: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    experiment_main(PrefEvalChoiceConfig, "decoding.experiments.prefeval_choice", run, write_summary, argv)
+    experiment_main(PrefEvalChoiceConfig, "experiments.prefeval_choice", run, write_summary, argv)
 
 
 if __name__ == "__main__":
