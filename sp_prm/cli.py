@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-import traceback
-from collections.abc import Callable
-from typing import Any
 
-from sp_prm.errors import UserError
+from sp_prm.errors import guarded
 
 # subcommand -> (module with a main(argv) function, one-line description)
 COMMANDS = {
@@ -29,19 +26,6 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def report_user_error(name: str, err: UserError, debug: bool) -> int:
-    """Print a user error as one to three lines (the traceback only with ``--debug``); returns exit code 2."""
-    if debug:
-        traceback.print_exception(err)
-    lines = str(err).strip().splitlines() or [type(err).__name__]
-    print(f"sp-prm {name}: error: {lines[0]}", file=sys.stderr)
-    for line in lines[1:]:
-        print(f"  {line}", file=sys.stderr)
-    if not debug:
-        print("  (--debug shows the traceback)", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -55,18 +39,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     guarded(name, lambda: importlib.import_module(COMMANDS[name][0]).main(rest), debug)
 
-
-def guarded(name: str, run: Callable[[], Any], debug: bool | None = None) -> Any:
-    """Run a command, turning a :class:`UserError` into its short message and exit code 2.
-
-    Also for the ``python -m`` entries (``accelerate launch -m sp_prm.train``); ``debug`` defaults to
-    whether ``--debug`` is in ``sys.argv``.
-    """
-    debug = "--debug" in sys.argv if debug is None else debug
-    try:
-        return run()
-    except UserError as err:  # anything else is a bug: it keeps its traceback
-        raise SystemExit(report_user_error(name, err, debug)) from None
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,11 @@ This module imports nothing from the project: every layer (``data_prep``,
 
 from __future__ import annotations
 
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
 
 class UserError(Exception):
     """Something the user can fix; ``hint`` says how (printed on its own line)."""
@@ -52,3 +57,29 @@ class ServiceError(UserError, ConnectionError):
 
 class ModelError(UserError, ValueError):
     """A checkpoint is not what the command needs (e.g. no trained one-output reward head)."""
+
+
+def report_user_error(name: str, err: UserError, debug: bool) -> int:
+    """Print a user error as one to three lines (the traceback only with ``--debug``); returns exit code 2."""
+    if debug:
+        traceback.print_exception(err)
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    print(f"sp-prm {name}: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+    if not debug:
+        print("  (--debug shows the traceback)", file=sys.stderr)
+    return 2
+
+
+def guarded(name: str, run: Callable[[], Any], debug: bool | None = None) -> Any:
+    """Run a command, turning a :class:`UserError` into its short message and exit code 2.
+
+    Also for the ``python -m`` entries (``accelerate launch -m sp_prm.train``); ``debug`` defaults to
+    whether ``--debug`` is in ``sys.argv``.
+    """
+    debug = "--debug" in sys.argv if debug is None else debug
+    try:
+        return run()
+    except UserError as err:  # anything else is a bug: it keeps its traceback
+        raise SystemExit(report_user_error(name, err, debug)) from None

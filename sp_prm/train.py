@@ -372,6 +372,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # accelerate launch -m sp_prm.train: the same short user errors as sp-prm train
-    from sp_prm.cli import guarded
+    from sp_prm.errors import guarded
 
     guarded("train", lambda: main([a for a in sys.argv[1:] if a != "--debug"]))
