@@ -38,7 +38,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets, load_
 from tqdm.auto import tqdm
 
 from data_prep import __version__
-from data_prep.loaders import BUILTIN_SOURCES, load_preferences
+from data_prep.loaders import BUILTIN_SOURCES, PreferenceSource, load_preferences
 from data_prep.truncation import apply_past_end, pair_rng, sst_positions, tlt_positions
 from data_prep.weighting import DEFAULT_CAP, binary_entropy_of_gap, preference_weights
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
@@ -69,27 +69,10 @@ FEATURES = Features({
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(PreferenceSource):
     """Build SP-PRM partial-pair datasets (TLT / SST) with reference-RM weights."""
 
-    source: str = field(
-        default="builtin:hh-rlhf-sample",
-        metadata={"help": "Data: a jsonl/json/csv/parquet file, a save_to_disk folder, a hub dataset id, or "
-                  "builtin:hh-rlhf-sample."},
-    )
-    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, chat-pairs, tldr or pairs (see data_prep.loaders)."})
-    columns: dict[str, str] = field(
-        default_factory=dict,
-        metadata={"help": "Column mapping for the pairs format, e.g. {prompt: question, chosen: good, rejected: bad}."},
-    )
-    split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
-    data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
-    subset: str = field(
-        default="all",
-        metadata={"help": "all, or train / eval: one side of a deterministic split by hashed pair id."},
-    )
-    eval_fraction: float = field(default=0.2, metadata={"help": "Share of pairs in the eval subset."})
+    # source, format, columns, split, data_dir, subset, eval_fraction, sample, limit: PreferenceSource's.
     model_name_or_path: str = field(
         default="builtin:all-minilm-l6-v2",
         metadata={"help": "The model to be trained as a PRM: its tokenizer defines the token space of the cuts."},
@@ -126,6 +109,7 @@ class PrepareConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
         if self.truncation not in ("sst", "tlt"):
@@ -142,6 +126,8 @@ class PrepareConfig:
 
 def _source_signature(source: str) -> Any:
     path = Path(str(BUILTIN_SOURCES.get(source, source)))
+    if path.is_dir():  # a folder of files: each file's size and time
+        return [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(path.rglob("*")) if f.is_file()]
     if path.exists():
         stat = path.stat()
         return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
@@ -332,8 +318,7 @@ def prepare(config: PrepareConfig) -> Path:
     chunks_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
-                                     config.subset, config.eval_fraction, config.data_dir)
+    pairs, report = load_preferences(config.source_block())
     if len(pairs) == 0:
         raise ValueError(f"{config.source}: no usable preference pairs (loader report: {report.to_dict()})")
     preparer = Preparer(config)

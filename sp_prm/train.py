@@ -18,6 +18,7 @@ model's config, write a model card, and optionally push.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -129,7 +130,8 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
             "pass the raw preference source (e.g. builtin:hh-rlhf-sample) as --dataset"
         )
     prefix = config.prefix or PrefixFormat()
-    pairs, report = load_preferences(config.dataset, config.format, config.columns, config.split, config.limit)
+    source = config.source_block()
+    pairs, report = load_preferences(source)
     rows: dict[str, list] = {"id": [], "chosen_ids": [], "rejected_ids": [], "weight": [], "position": []}
     skipped = 0
     for pair in pairs:
@@ -151,7 +153,8 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
         raise ValueError(f"{config.dataset}: no usable pair (loader report {report.to_dict()}, skipped {skipped})")
     card = {"source": config.dataset, "loader": report.to_dict(), "skipped_at_tokenization": skipped,
             "fingerprint": _fingerprint([config.dataset, config.format, config.columns, config.split, config.limit,
-                                         prefix.to_dict()])}
+                                         prefix.to_dict()] + ([config.data_dir, dataclasses.asdict(config.sample)]
+                                                              if config.data_dir or config.sample.active else []))}
     return Dataset.from_dict(rows), card, prefix
 
 

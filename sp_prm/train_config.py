@@ -40,6 +40,7 @@ from typing import Any
 from transformers import TrainingArguments
 from trl import RewardConfig
 
+from data_prep.loaders import PreferenceSource, Sample, source_field
 from sp_prm.formatting import PrefixFormat
 
 LOSSES = ("weighted", "unweighted", "orm")
@@ -114,12 +115,17 @@ class SPPRMConfig(RewardConfig):
         metadata={"help": "weighted/unweighted: a folder written by `sp-prm prepare`. orm: a preference source "
                   "for data_prep.loaders (jsonl/parquet file, save_to_disk folder, hub id, builtin:hh-rlhf-sample)."},
     )
-    format: str = field(default="auto", metadata={"help": "orm only: auto, hh-rlhf, tldr or pairs (data_prep.loaders)."})
-    columns: dict[str, str] = field(
-        default_factory=dict, metadata={"help": "orm only: column mapping for the pairs format."}
+    # loss: orm reads `dataset` as a preference source: the block's options, with PreferenceSource's help.
+    format: str = source_field("format")
+    columns: dict[str, str] = source_field("columns")
+    split: str = source_field("split")
+    data_dir: str | None = source_field("data_dir")
+    sample: Sample = source_field("sample")
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "The first N source rows (orm) or partial pairs, in file order (sample: N pairs drawn "
+                  "from the whole source, orm)."},
     )
-    split: str = field(default="train", metadata={"help": "orm only: split of a hub dataset."})
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N source pairs (orm) or partial pairs."})
     eval_fraction: float = field(
         default=0.0,
         metadata={"help": "Hold out this fraction of source pairs (by pair id, so all prefixes of a pair fall on one "
@@ -195,6 +201,11 @@ class SPPRMConfig(RewardConfig):
         _coerce_yaml(self)
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
+        if isinstance(self.sample, dict):
+            self.sample = Sample(**self.sample)
+        if self.sample.active and self.loss != "orm":
+            raise ValueError("sample draws from a raw preference source (loss: orm); sample the source pairs when "
+                             "preparing partial pairs (sp-prm prepare --sample.fraction ...)")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if str(self.multi_prefix).lower() not in ("auto", "true", "false"):
@@ -219,10 +230,17 @@ class SPPRMConfig(RewardConfig):
             self.eval_strategy = "epoch"
         super().__post_init__()
 
+    def source_block(self) -> PreferenceSource:
+        """``dataset`` and its options as the preference-source block (loss: orm)."""
+        return PreferenceSource(source=self.dataset, format=self.format, columns=self.columns, split=self.split,
+                                data_dir=self.data_dir, subset="all", sample=self.sample, limit=self.limit)
+
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         if isinstance(d.get("prefix"), PrefixFormat):
             d["prefix"] = d["prefix"].to_dict()
+        if isinstance(d.get("sample"), Sample):
+            d["sample"] = dataclasses.asdict(d["sample"])
         return d
 
 
