@@ -213,7 +213,7 @@ def decode_candidates(prompts: list[dict], scorer_dir: Path, n: int, max_new_tok
     out.unlink(missing_ok=True)
     cfg = load_config(DecodeConfig, [
         "--config", str(RECIPES / "decode/bon_prm_minilm_smollm2.yaml"), "--scorer.name", f"rm:{scorer_dir}",
-        "--search.n", str(n), "--search.max_new_tokens", str(max_new_tokens), "--data.path", str(prompts_path),
+        "--search.best_of_n.n", str(n), "--search.max_new_tokens", str(max_new_tokens), "--data.path", str(prompts_path),
         "--data.limit", "null", "--batch_size", str(len(prompts)), "--save_candidates", "true",
         "--output", str(out), "--seed", str(seed), "--progress", "false"])
     run(cfg)
