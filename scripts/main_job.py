@@ -10,7 +10,7 @@ Stages (each prints its elapsed time):
    weight distribution is checked: a flat one (the reference is equally unsure of every prefix, so
    Eq. 3 is Eq. 2 times a constant) is reported as a failure of the job;
 3. **sp-prm**: the SP-PRM (Eq. 3), ``recipes/hh-rlhf/train_sst_minilm.yaml``;
-4. **evaluate**: both on the held-out pairs, full responses and prefixes of 5/10/20/50 tokens,
+4. **evaluate**: both on the held-out pairs, full responses and prefixes of 5/10/20/40 tokens,
    paired bootstrap of SP-PRM - ORM (``sp-prm evaluate-rm``);
 5. **judge**: a third reward model that guides nothing: a Bradley-Terry linear probe on frozen
    SmolLM2-135M features (another model family than the MiniLM guides), fit on the same train pairs;
@@ -48,7 +48,7 @@ DECODE = {"prompts": 8, "n": 4, "max_new_tokens": 32}
 PREFIX = ["--prefix.max_prompt_tokens", "96", "--prefix.max_response_tokens", "48"]
 PREPARE = ["--sst_k", "3"]
 JUDGE_PAIRS = 160  # train pairs the judge probe is fit on (a seeded sample of the train side)
-TOKEN_CUTS = [5, 10, 20, 50]
+TOKEN_CUTS = [5, 10, 20, 40]  # responses are cut at 48 tokens (PREFIX below)
 # The weight distribution counts as flat when the middle 80% of the weights lie within 5% of each other.
 FLAT_RATIO = 1.05
 TIMES: dict[str, float] = {}
