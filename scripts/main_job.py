@@ -52,6 +52,7 @@ TOKEN_CUTS = [5, 10, 20, 40]  # responses are cut at 48 tokens (PREFIX below)
 # The weight distribution counts as flat when the middle 80% of the weights lie within 5% of each other.
 FLAT_RATIO = 1.05
 TIMES: dict[str, float] = {}
+REUSE = [False]  # --reuse: keep the trained models, prepared data and evaluation in outputs/ (stages 5-7 only)
 # CPU seconds of this process (all its threads) per stage: on a shared machine the wall time says more
 # about the neighbours than about the job; CPU seconds / cores is the wall time the stage needs alone.
 CPU: dict[str, float] = {}
@@ -97,7 +98,7 @@ def prepare_pairs() -> dict[str, Any]:
     cfg = load_config(PrepareConfig, ["--config", str(RECIPES / "hh-rlhf/prepare_sst_minilm.yaml"),
                                       "--reference_model", str(ORM_DIR), "--overwrite", "true",
                                       *PREFIX, *PREPARE])
-    data = load_from_disk(str(prepare(cfg)))
+    data = load_from_disk(str(prepare(cfg) if not REUSE[0] else DATA_DIR))
     w, gap = np.asarray(data["weight"], dtype=float), np.abs(np.asarray(data["ref_gap"], dtype=float))
     qs = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
     stats = {"pairs": len(data), "source_pairs": len(set(data["id"])), "sst_k": cfg.sst_k,
@@ -288,7 +289,7 @@ def plot(weights: dict, evals: dict, dec: dict, path: Path) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     ax[0].hist(weights["weights"], bins=40, color="tab:blue")
     ax[0].set(title=f"SP-PRM weights 1/H ({weights['pairs']} partial pairs)", xlabel="weight", ylabel="pairs")
-    labels = ["full"] + [f"t={t}" for t in TOKEN_CUTS] + ["f=0.5"]
+    labels = list(evals["results"]["orm"])  # full, t=..., f=... as evaluated
     for name, color in (("orm", "tab:gray"), ("sp-prm", "tab:red")):
         res = evals["results"][name]
         acc = [res[k]["accuracy"] for k in labels]
@@ -312,7 +313,7 @@ def summary(weights: dict, evals: dict, judge_info: dict, dec: dict) -> str:
     import platform
 
     res = evals["results"]
-    labels = ["full"] + [f"t={t}" for t in TOKEN_CUTS] + ["f=0.5"]
+    labels = list(evals["results"]["orm"])  # full, t=..., f=... as evaluated
     wq = weights["weight_quantiles"]
     lines = [
         "# Main job summary", "",
@@ -380,14 +381,19 @@ def summary(weights: dict, evals: dict, judge_info: dict, dec: dict) -> str:
 def main() -> None:
     torch.manual_seed(0)
     start, cpu_start = time.perf_counter(), time.process_time()
-    with stage("1. reference ORM (sp-prm train --loss orm)"):
-        train_orm()
+    REUSE[0] = "--reuse" in sys.argv[1:]
+    if not REUSE[0]:
+        with stage("1. reference ORM (sp-prm train --loss orm)"):
+            train_orm()
     with stage("2. weighted SST partial pairs (sp-prm prepare)"):
         weights = prepare_pairs()
-    with stage("3. SP-PRM (sp-prm train --loss weighted)"):
-        train_prm()
-    with stage("4. ORM vs SP-PRM on held-out pairs (sp-prm evaluate-rm)"):
-        evals = evaluate_both()
+    if not REUSE[0]:
+        with stage("3. SP-PRM (sp-prm train --loss weighted)"):
+            train_prm()
+        with stage("4. ORM vs SP-PRM on held-out pairs (sp-prm evaluate-rm)"):
+            evals = evaluate_both()
+    else:
+        evals = json.loads((EVAL_DIR / "results.json").read_text())
     with stage("5. judge (SmolLM2 probe)"):
         judge, judge_info = fit_judge()
     with stage("6. decode: plain / BoN-ORM / BoN-SP-PRM, judged"):
