@@ -323,14 +323,14 @@ def summary(weights: dict, evals: dict, judge_info: dict, dec: dict) -> str:
         f"(= {CPU['total'] / 60 / torch.get_num_threads():.1f} min on {torch.get_num_threads()} idle cores).", "",
         "## What was trained on what", "",
         f"- Data: the shipped HH-RLHF harmless sample (builtin:hh-rlhf-sample), split by hashed pair id: "
-        f"{judge_info['train_pairs']} train pairs, {evals['n_pairs']} held-out pairs (nobody trains on them).",
+        f"the train side (80%) for training, {evals['n_pairs']} held-out pairs (nobody trains on them).",
         "- Reference ORM: all-MiniLM-L6-v2 + a score head, Bradley-Terry on full train pairs "
         "(recipes/hh-rlhf/train_orm_minilm.yaml).",
         f"- SP-PRM: all-MiniLM-L6-v2, weighted Bradley-Terry (Eq. 3) on {weights['pairs']} SST partial pairs "
         f"(K = {weights['sst_k']}) of {weights['source_pairs']} source pairs, weights w = 1/H(sigmoid(reference gap)), "
         f"cap {weights['weight_cap']}, normalisation {weights['weight_normalize']}.",
-        f"- Judge (guides nothing): a Bradley-Terry linear probe on frozen SmolLM2-135M-Instruct features, fit on the "
-        f"same train pairs; held-out accuracy on human labels {judge_info['heldout_accuracy']:.3f} "
+        f"- Judge (guides nothing): a Bradley-Terry linear probe on frozen SmolLM2-135M-Instruct features, fit on "
+        f"{judge_info['train_pairs']} of the same train pairs; held-out accuracy on human labels {judge_info['heldout_accuracy']:.3f} "
         f"({judge_info['heldout_pairs']} pairs). It is a third reward model, not ground truth.",
         "", "## The weight distribution", "",
         "| | min | q10 | q25 | median | q75 | q90 | max |", "|---|---|---|---|---|---|---|---|",
