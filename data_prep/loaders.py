@@ -16,9 +16,20 @@ Supported sources (``load_preferences(source, format=...)``):
   conversations (the final assistant turn is taken).
 
 A source is a local file (jsonl / json / csv / parquet, optionally gzipped), a
+folder of such files (read as one table; when the file names name splits --
+``train.jsonl.gz``, ``test-00001.parquet`` -- only the files of ``split``), a
 folder written by ``Dataset.save_to_disk``, ``builtin:hh-rlhf-sample`` (the
 sample shipped with the package), or a hub dataset id (``name`` or
 ``name:config``) loaded with ``datasets.load_dataset``.
+
+Every command that reads preference pairs (``sp-prm prepare``, ``sp-prm train
+--loss orm``, ``sp-prm evaluate-rm``) takes the same block, :class:`PreferenceSource`,
+and passes it as one object to :func:`load_preferences`. Its ``sample`` draws
+``limit`` pairs or a ``fraction`` of them **from the whole file**, seeded
+(``shuffle_seed``) and independent of the file's order: a pair is kept when its
+hashed (seed, id) rank is among the smallest, so the paper's "20% of HH-RLHF"
+is ``sample: {fraction: 0.2}`` and a larger sample contains a smaller one.
+``shuffle_seed: first`` keeps today's first-N order instead.
 
 Rows that cannot be used (a missing key or null, empty, non-string, identical
 chosen/rejected, unparseable transcripts) are skipped and counted by reason, never
@@ -29,6 +40,7 @@ silently. A jsonl line that is not one UTF-8 JSON object is an error naming
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -39,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, load_dataset, load_from_disk
+from datasets import Dataset, concatenate_datasets, load_dataset, load_from_disk
 
 from sp_prm.errors import ConfigError, InputError, MissingPathError
 
@@ -48,6 +60,9 @@ BUILTIN_SOURCES = {"builtin:hh-rlhf-sample": SAMPLES / "hh_rlhf_harmless_sample.
 TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 
 ON_BAD_ROWS = ("error", "skip")
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# A split named in a file name: train.jsonl.gz, test-00000-of-00001.parquet, data_validation.csv.
+_SPLIT_IN_NAME = re.compile(r"(?:^|[-_.])(train|test|validation|valid|dev|eval)(?=[-_.]|$)")
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ASSISTANT = "\n\nAssistant:"
 
@@ -203,6 +218,42 @@ def _looks_like_path(source: str) -> bool:
             or ("/" in source and Path(first).is_dir()))
 
 
+def _builder(path: Path) -> str | None:
+    name = path.name.lower().removesuffix(".gz")
+    for suffix, builder in ((".jsonl", "json"), (".json", "json"), (".csv", "csv"), (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return builder
+    return None
+
+
+def read_file(path: Path, on_bad_rows: str = "error", skipped: Counter | None = None) -> Dataset:
+    """One jsonl / json / csv / parquet file (optionally gzipped) as a table: the only place a file is parsed.
+
+    json / jsonl go through :func:`read_json_file`, so a bad line is named as ``file:line: reason``.
+    """
+    builder = _builder(path)
+    if builder is None:
+        raise InputError(f"{path}: unknown file type (expected .jsonl, .json, .csv or .parquet, optionally .gz)")
+    if builder == "json":
+        return read_json_file(path, on_bad_rows, skipped)
+    return load_dataset(builder, data_files=str(path), split="train")
+
+
+def folder_files(folder: Path, split: str) -> list[Path]:
+    """The data files of a folder, in name order; only ``split``'s when the file names name splits."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and _builder(p) is not None)
+    if not files:
+        raise MissingPathError(f"{folder}: a folder with no .jsonl/.json/.csv/.parquet file and no saved dataset")
+    named = {p: m.group(1) for p in files if (m := _SPLIT_IN_NAME.search(p.name.lower().split(".")[0] + "."))}
+    if not named:
+        return files
+    chosen = [p for p, name in named.items() if name == split]
+    if not chosen:
+        raise MissingPathError(f"{folder}: no file for split {split!r}; the file names name the splits "
+                                f"{sorted(set(named.values()))} (set --split)")
+    return chosen
+
+
 def read_table(source: str, split: str = "train", data_dir: str | None = None, on_bad_rows: str = "error",
                skipped: Counter | None = None) -> Dataset:
     """Load a source into a ``datasets.Dataset`` (see the module docstring).
@@ -216,20 +267,14 @@ def read_table(source: str, split: str = "train", data_dir: str | None = None, o
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
             return load_from_disk(str(path))
-        raise InputError(f"{source} is a folder but not a saved datasets.Dataset",
-                         hint="pass a jsonl/json/csv/parquet file, or a folder written by Dataset.save_to_disk")
+        tables = [read_file(p, on_bad_rows, skipped) for p in folder_files(path, split)]
+        try:
+            return tables[0] if len(tables) == 1 else concatenate_datasets(tables)
+        except ValueError as e:
+            raise InputError(f"{source}: its files do not share one set of columns ({e})") from e
     if path.exists():
-        name = path.name.lower().removesuffix(".gz")
-        if name.endswith((".jsonl", ".json")):
-            return read_json_file(path, on_bad_rows, skipped)
-        if name.endswith(".csv"):
-            builder = "csv"
-        elif name.endswith(".parquet"):
-            builder = "parquet"
-        else:
-            raise InputError(f"{source}: unknown file type (expected .jsonl, .json, .csv or .parquet)")
-        return load_dataset(builder, data_files=str(path), split="train")
-    if path.suffix.lower() in {".jsonl", ".json", ".csv", ".parquet", ".gz"} or _looks_like_path(source):
+        return read_file(path, on_bad_rows, skipped)
+    if path.suffix.lower() in {*FILE_SUFFIXES, ".gz"} or _looks_like_path(source):
         raise MissingPathError(f"no such file or folder: {source}", hint="check the path (it is not a hub dataset id)")
     name, _, config = source.partition(":")
     try:
@@ -270,8 +315,111 @@ def select_subset(pairs: Dataset, subset: str, eval_fraction: float) -> Dataset:
     return pairs.select(keep)
 
 
+@dataclass
+class Sample:
+    """Which pairs of a source are used: all, ``limit`` of them, or a ``fraction``."""
+
+    limit: int | None = field(default=None, metadata={"help": "Use N pairs (after the subset split)."})
+    fraction: float | None = field(default=None, metadata={"help": "Use this fraction of the pairs, in (0, 1]."})
+    shuffle_seed: int | str = field(
+        default=0,
+        metadata={"help": "Seed of the draw: pairs are ranked by a hash of (seed, pair id), so the sample spreads "
+                  "over the whole file and does not depend on its order. 'first': the first pairs instead."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"sample.limit must be >= 1 or null, got {self.limit}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"sample.fraction must be in (0, 1] or null, got {self.fraction}")
+        if isinstance(self.shuffle_seed, str) and self.shuffle_seed != "first":
+            try:
+                self.shuffle_seed = int(self.shuffle_seed)
+            except ValueError:
+                raise ValueError(f"sample.shuffle_seed must be an integer or 'first', got {self.shuffle_seed!r}") from None
+
+    @property
+    def active(self) -> bool:
+        return self.limit is not None or self.fraction is not None
+
+
+def sample_pairs(pairs: Dataset, sample: Sample) -> Dataset:
+    """The pairs ``sample`` selects, in their original order (see the module docstring)."""
+    if not sample.active or len(pairs) == 0:
+        return pairs
+    n = len(pairs)
+    k = n if sample.fraction is None else max(1, round(sample.fraction * n))
+    k = min(k, sample.limit if sample.limit is not None else n)
+    if sample.shuffle_seed == "first":
+        return pairs.select(range(k))
+
+    def rank(pair_id: str) -> bytes:
+        return hashlib.sha1(f"sample:{sample.shuffle_seed}:{pair_id}".encode()).digest()
+
+    ids = pairs["id"]
+    keep = sorted(sorted(range(n), key=lambda i: rank(str(ids[i])))[:k])
+    return pairs.select(keep)
+
+
+def source_field(name: str, **overrides: Any) -> Any:
+    """A field with PreferenceSource's help text (so every command describes the block the same way)."""
+    base = {f.name: f for f in PreferenceSource.__dataclass_fields__.values()}[name]
+    kwargs = {"metadata": base.metadata}
+    if "default" in overrides:
+        kwargs["default"] = overrides["default"]
+    elif base.default_factory is not dataclasses.MISSING:
+        kwargs["default_factory"] = base.default_factory
+    else:
+        kwargs["default"] = base.default
+    return field(**kwargs)
+
+
+@dataclass
+class PreferenceSource:
+    """Where preference pairs come from and which of them are used (one block for every command)."""
+
+    source: str = field(
+        default="builtin:hh-rlhf-sample",
+        metadata={"help": "Preference data: a jsonl/json/csv/parquet file (optionally .gz), a folder of them, a "
+                  "save_to_disk folder, a hub dataset id (name or name:config), or builtin:hh-rlhf-sample."},
+    )
+    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, chat-pairs, tldr or pairs (see data_prep.loaders)."})
+    columns: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Column mapping for the pairs format, e.g. {prompt: question, chosen: good, rejected: bad}."},
+    )
+    split: str = field(default="train", metadata={"help": "Split of a hub dataset, or of a folder whose file names "
+                                                            "name splits."})
+    data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
+    subset: str = field(
+        default="all",
+        metadata={"help": "all, or train / eval: one side of a deterministic split by hashed pair id."},
+    )
+    eval_fraction: float = field(default=0.2, metadata={"help": "Share of pairs in the eval subset."})
+    sample: Sample = field(default_factory=Sample, metadata={"help": "Which pairs are used (limit / fraction, seeded)."})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "The first N source rows, in file order (kept for old recipes; sample.limit draws N pairs "
+                  "from the whole file)."},
+    )
+    on_bad_rows: str = field(
+        default="error",
+        metadata={"help": "A jsonl line that is not a JSON object: error (names file:line) or skip (counted)."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sample, dict):
+            self.sample = Sample(**self.sample)
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ConfigError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {self.on_bad_rows!r}")
+
+    def source_block(self) -> PreferenceSource:
+        """This block alone (for a config that extends it)."""
+        return PreferenceSource(**{f: getattr(self, f) for f in PreferenceSource.__dataclass_fields__})
+
+
 def load_preferences(
-    source: str,
+    source: str | PreferenceSource,
     format: str = "auto",
     columns: dict[str, str] | None = None,
     split: str = "train",
@@ -279,15 +427,24 @@ def load_preferences(
     subset: str = "all",
     eval_fraction: float = 0.2,
     data_dir: str | None = None,
+    sample: Sample | None = None,
     on_bad_rows: str = "error",
 ) -> tuple[Dataset, LoadReport]:
     """Load and normalise preference pairs; returns the dataset and a report of what was skipped.
 
-    ``subset`` = ``train`` / ``eval`` keeps one side of a deterministic split by
-    hashed pair id (``eval_fraction`` held out), so training and evaluation
-    never share a pair whatever tool loads them. ``on_bad_rows='skip'`` skips (and counts as
-    ``bad_json_line``) jsonl lines that are not JSON objects; ``error`` names the first one.
+    ``source`` is a :class:`PreferenceSource` (the other arguments must then be left
+    at their defaults) or, for short calls, the source string itself. ``subset`` =
+    ``train`` / ``eval`` keeps one side of a deterministic split by hashed pair id
+    (``eval_fraction`` held out), so training and evaluation never share a pair
+    whatever tool loads them; ``sample`` then selects among the remaining pairs.
+    ``on_bad_rows='skip'`` skips (and counts as ``bad_json_line``) jsonl lines that are not JSON
+    objects; ``error`` names the first one.
     """
+    if isinstance(source, PreferenceSource):
+        block = source
+        source, format, columns, split, limit = block.source, block.format, block.columns, block.split, block.limit
+        subset, eval_fraction, data_dir, sample = block.subset, block.eval_fraction, block.data_dir, block.sample
+        on_bad_rows = block.on_bad_rows
     report = LoadReport()
     table = read_table(source, split, data_dir, on_bad_rows, report.skipped)
     if limit is not None:
@@ -381,5 +538,9 @@ def load_preferences(
     pairs = select_subset(Dataset.from_dict(rows), subset, eval_fraction)
     if subset != "all":
         report.skipped[f"not_in_{subset}_subset"] += len(rows["id"]) - len(pairs)
+    if sample is not None and sample.active:
+        before = len(pairs)
+        pairs = sample_pairs(pairs, sample)
+        report.skipped["not_in_sample"] += before - len(pairs)
     report.rows_kept = len(pairs)
     return pairs, report

@@ -42,7 +42,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets, load_
 from tqdm.auto import tqdm
 
 from data_prep import __version__
-from data_prep.loaders import BUILTIN_SOURCES, format_skips, load_preferences
+from data_prep.loaders import BUILTIN_SOURCES, PreferenceSource, Sample, format_skips, load_preferences
 from data_prep.truncation import apply_past_end, pair_rng, sst_positions, tlt_positions
 from data_prep.weighting import DEFAULT_CAP, binary_entropy_of_gap, preference_weights
 from sp_prm.errors import InputError, OutputExistsError
@@ -74,31 +74,10 @@ FEATURES = Features({
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(PreferenceSource):
     """Build SP-PRM partial-pair datasets (TLT / SST) with reference-RM weights."""
 
-    source: str = field(
-        default="builtin:hh-rlhf-sample",
-        metadata={"help": "Data: a jsonl/json/csv/parquet file, a save_to_disk folder, a hub dataset id, or "
-                  "builtin:hh-rlhf-sample."},
-    )
-    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, chat-pairs, tldr or pairs (see data_prep.loaders)."})
-    columns: dict[str, str] = field(
-        default_factory=dict,
-        metadata={"help": "Column mapping for the pairs format, e.g. {prompt: question, chosen: good, rejected: bad}."},
-    )
-    split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
-    data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
-    on_bad_rows: str = field(
-        default="error",
-        metadata={"help": "A jsonl line that is not a JSON object: error (names file:line) or skip (counted)."},
-    )
-    subset: str = field(
-        default="all",
-        metadata={"help": "all, or train / eval: one side of a deterministic split by hashed pair id."},
-    )
-    eval_fraction: float = field(default=0.2, metadata={"help": "Share of pairs in the eval subset."})
+    # source, format, columns, split, data_dir, subset, eval_fraction, sample, limit, on_bad_rows: PreferenceSource's.
     model_name_or_path: str = field(
         default="builtin:all-minilm-l6-v2",
         metadata={"help": "The model to be trained as a PRM: its tokenizer defines the token space of the cuts."},
@@ -145,6 +124,7 @@ class PrepareConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
         if self.truncation not in ("sst", "tlt"):
@@ -155,14 +135,14 @@ class PrepareConfig:
             raise ValueError(f"sst_k must be >= 0, got {self.sst_k}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
         if self.weight_normalize not in ("none", "mean"):
             raise ValueError(f"weight_normalize must be 'none' or 'mean', got {self.weight_normalize!r}")
 
 
 def _source_signature(source: str) -> Any:
     path = Path(str(BUILTIN_SOURCES.get(source, source)))
+    if path.is_dir():  # a folder of files: each file's size and time
+        return [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(path.rglob("*")) if f.is_file()]
     if path.exists():
         stat = path.stat()
         return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
@@ -175,7 +155,7 @@ def fingerprint(config: PrepareConfig) -> str:
                 "allow_untrained_head"):  # the last one refuses or allows a model, it never changes the data
         params.pop(key)
     # Fields added later count only when set away from their default, so earlier outputs keep their fingerprint.
-    for key, default in (("on_bad_rows", "error"),):
+    for key, default in (("on_bad_rows", "error"), ("sample", asdict(Sample()))):
         if params.get(key) == default:
             params.pop(key)
     params["prefix"] = config.prefix.legacy_dict()  # end_marker modes hash as the older booleans
@@ -404,8 +384,7 @@ def _prepare(config: PrepareConfig, out: Path) -> Path:
                 hint="pass --overwrite to replace it or choose another --output_dir",
             )
     started = time.time()
-    pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
-                                     config.subset, config.eval_fraction, config.data_dir, config.on_bad_rows)
+    pairs, report = load_preferences(config.source_block())
     if len(pairs) == 0:
         raise InputError(f"{config.source}: no usable preference pairs ({report.summary()})")
     preparer = Preparer(config)

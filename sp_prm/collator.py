@@ -64,11 +64,13 @@ class PairCollator:
         pad_token_id: id written under the attention mask's zeros (never read).
         multi_prefix: group sides of the same pair ``id`` and read prefixes inside longer sequences.
         padding_side: ``right`` or ``left``; token indices are shifted accordingly.
+        pad_to_multiple_of: round the padded width up to a multiple of this (TRL's ``pad_to_multiple_of``).
     """
 
     pad_token_id: int
     multi_prefix: bool = False
     padding_side: str = "right"
+    pad_to_multiple_of: int | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         sequences: list[list[int]] = []
@@ -103,6 +105,8 @@ class PairCollator:
                         sequences.append(list(key))
                     out.append((unique[key], len(key) - 1))
         width = max(len(s) for s in sequences)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
         shift = []

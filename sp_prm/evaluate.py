@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data_prep.loaders import PreferenceSource, source_field
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
 from sp_prm.prefix_scoring import PrefixScorer
@@ -48,7 +49,7 @@ from sp_prm.scoring import RewardScorer
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(PreferenceSource):
     """Evaluate reward models on full and partial responses of held-out preference pairs."""
 
     models: list[str] = field(default_factory=list, metadata={"help": "Reward model paths or hub ids (any number)."})
@@ -59,14 +60,10 @@ class EvaluateConfig:
     tokenizer: str | None = field(
         default=None, metadata={"help": "Token space the prefixes are cut in (default: the first model's)."}
     )
-    source: str = field(default="builtin:hh-rlhf-sample", metadata={"help": "Preference data (see sp-prm prepare)."})
-    format: str = field(default="auto", metadata={"help": "auto, hh-rlhf, chat-pairs, tldr or pairs."})
-    columns: dict[str, str] = field(default_factory=dict, metadata={"help": "Column mapping for the pairs format."})
-    split: str = field(default="test", metadata={"help": "Split of a hub dataset."})
-    data_dir: str | None = field(default=None, metadata={"help": "data_dir of a hub dataset (e.g. harmless-base)."})
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N source rows."})
-    subset: str = field(default="eval", metadata={"help": "all, train or eval (split by hashed pair id)."})
-    eval_fraction: float = field(default=0.2, metadata={"help": "Share of pairs in the eval subset."})
+    # The preference-source block (source, format, columns, data_dir, eval_fraction, sample, limit) is
+    # PreferenceSource's; evaluation reads the test split's held-out side by default.
+    split: str = source_field("split", default="test")
+    subset: str = source_field("subset", default="eval")
     token_counts: list[int] = field(
         default_factory=lambda: [1, 5, 10, 20, 30, 50], metadata={"help": "Prefix lengths in tokens."}
     )
@@ -88,11 +85,9 @@ class EvaluateConfig:
     allow_untrained_head: bool = field(
         default=False, metadata={"help": "Accept a model whose score head is newly initialised (random rewards; "
                                           "for tests only). Off: such a model is refused."})
-    on_bad_rows: str = field(
-        default="error", metadata={"help": "A jsonl line that is not a JSON object: error (names file:line) or skip."}
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
         if isinstance(self.models, str):
@@ -219,8 +214,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Score every model on identical prefixes; write and return the results."""
     from data_prep.loaders import load_preferences
 
-    pairs, report = load_preferences(config.source, config.format, config.columns, config.split, config.limit,
-                                     config.subset, config.eval_fraction, config.data_dir, config.on_bad_rows)
+    pairs, report = load_preferences(config.source_block())
     cut_tok = load_tokenizer(config.tokenizer or config.models[0], config.trust_remote_code)
     sides: list[EncodedResponse] = []
     messages = []

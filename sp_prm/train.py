@@ -1,4 +1,4 @@
-"""``sp-prm train``: fit an SP-PRM (or the reference ORM) with ``transformers.Trainer``.
+"""``sp-prm train``: fit an SP-PRM (or the reference ORM) with ``trl.RewardTrainer``.
 
 One process::
 
@@ -18,6 +18,7 @@ model's config, write a model card, and optionally push.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -135,8 +136,8 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
             "pass the raw preference source (e.g. builtin:hh-rlhf-sample) as --dataset"
         )
     prefix = config.prefix or PrefixFormat()
-    pairs, report = load_preferences(config.dataset, config.format, config.columns, config.split, config.limit,
-                                     on_bad_rows=config.on_bad_rows)
+    source = config.source_block()
+    pairs, report = load_preferences(source)
     rows: dict[str, list] = {"id": [], "chosen_ids": [], "rejected_ids": [], "weight": [], "position": []}
     skipped: Counter = Counter()
     for pair in pairs:
@@ -159,7 +160,8 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
                          f"{format_skips(skipped)})")
     card = {"source": config.dataset, "loader": report.to_dict(), "skipped_at_tokenization": dict(skipped),
             "fingerprint": _fingerprint([config.dataset, config.format, config.columns, config.split, config.limit,
-                                         prefix.legacy_dict()])}
+                                         prefix.legacy_dict()] + ([config.data_dir, dataclasses.asdict(config.sample)]
+                                                                  if config.data_dir or config.sample.active else []))}
     return Dataset.from_dict(rows), card, prefix
 
 
@@ -193,29 +195,34 @@ def data_report(data_card: dict[str, Any]) -> dict[str, Any]:
 
 # -- model -------------------------------------------------------------------------------------------------
 def build_model(config: SPPRMConfig, tokenizer: Any) -> Any:
-    """The reward model, built after the training arguments (ZeRO-3 ``zero.Init``), with optional LoRA."""
+    """The reward model, built after the training arguments (ZeRO-3 ``zero.Init``).
+
+    ``model_init_kwargs`` (TRL's field) go to ``from_pretrained``; dropout and LoRA
+    are applied by ``RewardTrainer`` (``disable_dropout``, ``peft_config`` from
+    :func:`lora_config`).
+    """
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve(config.model_name_or_path), num_labels=1, dtype=getattr(torch, config.dtype),
-        trust_remote_code=config.trust_remote_code,
-    )
+    kwargs = {"num_labels": 1, "dtype": getattr(torch, config.dtype), "trust_remote_code": config.trust_remote_code}
+    kwargs.update(config.model_init_kwargs or {})
+    model = AutoModelForSequenceClassification.from_pretrained(resolve(config.model_name_or_path), **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if config.disable_dropout:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-    if config.use_peft:
-        from peft import LoraConfig, get_peft_model
-
-        head = "score" if hasattr(model, "score") else "classifier"
-        lora = LoraConfig(
-            task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules or "all-linear", modules_to_save=[head],
-        )
-        model = get_peft_model(model, lora)
     return model
+
+
+def lora_config(config: SPPRMConfig, model: Any) -> Any:
+    """The ``peft.LoraConfig`` handed to ``RewardTrainer`` (``None`` without ``use_peft``): the score head is
+    fully trained and saved with the adapter (``modules_to_save``)."""
+    if not config.use_peft:
+        return None
+    from peft import LoraConfig
+
+    head = "score" if hasattr(model, "score") else "classifier"
+    return LoraConfig(
+        task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules or "all-linear", modules_to_save=[head],
+    )
 
 
 def run_record(config: SPPRMConfig, data_card: dict[str, Any], prefix: PrefixFormat) -> dict[str, Any]:
@@ -316,15 +323,16 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
     multi = causal and config.multi_prefix != "false"
     # Encoders pool their first token ([CLS]); left padding would put a pad there.
     padding_side = config.padding_side if causal else "right"
-    collator = PairCollator(tokenizer.pad_token_id, multi_prefix=multi, padding_side=padding_side)
+    collator = PairCollator(tokenizer.pad_token_id, multi_prefix=multi, padding_side=padding_side,
+                            pad_to_multiple_of=config.pad_to_multiple_of)
 
     # We push once, at the end, with our own model card (not on every save).
     push, config.push_to_hub = config.push_to_hub, False
     trainer = SPPRMTrainer(
         model=model, args=config, data_collator=collator, train_dataset=train_data, eval_dataset=eval_data,
         processing_class=tokenizer, compute_metrics=compute_pair_metrics if eval_data is not None else None,
-        loss_type=config.loss, center_rewards_coefficient=config.center_rewards_coefficient, causal=causal,
-        group_by_pair=multi, callbacks=callbacks,
+        peft_config=lora_config(config, model), loss_type=config.loss, causal=causal, group_by_pair=multi,
+        callbacks=callbacks,
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)

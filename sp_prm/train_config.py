@@ -1,24 +1,32 @@
-"""Configuration of ``sp-prm train``: a ``transformers.TrainingArguments`` with the SP-PRM fields.
+"""Configuration of ``sp-prm train``: a ``trl.RewardConfig`` with the SP-PRM fields.
 
 Every ``TrainingArguments`` field (learning rate, batch size, accumulation,
-``deepspeed``, ``report_to``, ``push_to_hub``, ...) is set the usual way, in the
-recipe or as ``--key value``. The fields added here group into:
+``deepspeed``, ``report_to``, ``push_to_hub``, ...) and every ``trl.RewardConfig``
+field (``center_rewards_coefficient``, ``disable_dropout``, ``max_length``,
+``trust_remote_code``, ``model_init_kwargs``, ``pad_to_multiple_of``,
+``dataset_num_proc``, ...) is set the usual way, in the recipe or as
+``--key value``, with TRL's name and meaning. The fields added here group into:
 
-* **model**: ``model_name_or_path``, ``dtype``, ``trust_remote_code``, ``disable_dropout``;
+* **model**: ``model_name_or_path``, ``dtype``;
 * **data**: ``dataset`` (a folder written by ``sp-prm prepare``, or for ``loss: orm``
   a raw preference source), ``format``/``columns``/``split``/``limit`` for raw
   sources, ``eval_fraction``, ``prefix`` (the one prefix representation shared
   with ``data_prep`` and ``decoding``; read from the dataset card when null);
 * **loss**: ``loss`` (``weighted`` = Eq. 3, ``unweighted`` = Eq. 2, ``orm`` = full pairs),
-  ``center_rewards_coefficient``, ``multi_prefix``, ``padding_side``;
+  ``multi_prefix``, ``padding_side`` (TRL's ``center_rewards_coefficient`` adds its centring term);
 * **LoRA**: ``use_peft``, ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``;
 * **run**: ``resume`` (hub: the usual ``push_to_hub``, ``hub_model_id``, ``hub_private_repo``).
 
-Defaults changed from ``TrainingArguments``: ``output_dir='outputs/sp-prm'``,
-``logging_steps=10``, ``report_to='none'`` (wandb needs an explicit
-``report_to: wandb``), ``remove_unused_columns=False`` (the collator reads the
-token-id columns itself), ``save_strategy='epoch'``, ``num_train_epochs=1``
-(the paper trains one epoch), ``lr_scheduler_type='linear'``.
+Defaults changed from ``RewardConfig``: ``output_dir='outputs/sp-prm'``,
+``report_to='none'`` (wandb needs an explicit ``report_to: wandb``),
+``remove_unused_columns=False`` (the collator reads the token-id columns itself),
+``save_strategy='epoch'``, ``num_train_epochs=1`` (the paper trains one epoch),
+``lr_scheduler_type='linear'``, ``bf16=False`` (TRL turns bf16 on by default;
+fp32 keeps the CPU runs and the exactness tests exact -- set ``bf16: true`` on
+GPU), gradient (activation) checkpointing off (TRL: on; these RMs are small),
+``max_length=None`` (TRL: 1024: our prepared sequences are already bounded by
+``prefix.max_*_tokens``; a set ``max_length`` drops longer pairs as in TRL).
+TRL's own ``learning_rate`` default (1e-4) and ``logging_steps`` (10) are kept.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+from trl import RewardConfig
 
+from data_prep.loaders import ON_BAD_ROWS, PreferenceSource, Sample, source_field
 from sp_prm.formatting import PrefixFormat
 
 LOSSES = ("weighted", "unweighted", "orm")
@@ -79,8 +89,11 @@ def renamed_keys(field_names: set[str]) -> dict[str, str]:
     return out
 
 
+_TRL_FIELDS = {f.name for f in dataclasses.fields(RewardConfig)}
+
+
 @dataclass
-class SPPRMConfig(TrainingArguments):
+class SPPRMConfig(RewardConfig):
     """Train a reward model: SP-PRM on partial pairs (weighted Eq. 3 / unweighted Eq. 2) or an ORM on full pairs."""
 
     # --- model ---
@@ -94,26 +107,26 @@ class SPPRMConfig(TrainingArguments):
         metadata={"help": "Dtype the weights are loaded in: float32, bfloat16 or float16 (use bf16: true for "
                   "mixed precision on GPU instead)."},
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
-    disable_dropout: bool = field(
-        default=True, metadata={"help": "Set every dropout probability to 0 (TRL's reward-model default)."}
-    )
+    if "trust_remote_code" not in _TRL_FIELDS:  # TRL 1.0's RewardConfig has none
+        trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     # --- data ---
     dataset: str = field(
         default="outputs/hh-rlhf-sst-minilm",
         metadata={"help": "weighted/unweighted: a folder written by `sp-prm prepare`. orm: a preference source "
                   "for data_prep.loaders (jsonl/parquet file, save_to_disk folder, hub id, builtin:hh-rlhf-sample)."},
     )
-    format: str = field(default="auto", metadata={"help": "orm only: auto, hh-rlhf, tldr or pairs (data_prep.loaders)."})
-    columns: dict[str, str] = field(
-        default_factory=dict, metadata={"help": "orm only: column mapping for the pairs format."}
+    # loss: orm reads `dataset` as a preference source: the block's options, with PreferenceSource's help.
+    format: str = source_field("format")
+    columns: dict[str, str] = source_field("columns")
+    split: str = source_field("split")
+    data_dir: str | None = source_field("data_dir")
+    sample: Sample = source_field("sample")
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "The first N source rows (orm) or partial pairs, in file order (sample: N pairs drawn "
+                  "from the whole source, orm)."},
     )
-    split: str = field(default="train", metadata={"help": "orm only: split of a hub dataset."})
-    on_bad_rows: str = field(
-        default="error",
-        metadata={"help": "orm only: a jsonl line that is not a JSON object: error (names file:line) or skip (counted)."},
-    )
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N source pairs (orm) or partial pairs."})
+    on_bad_rows: str = source_field("on_bad_rows")
     eval_fraction: float = field(
         default=0.0,
         metadata={"help": "Hold out this fraction of source pairs (by pair id, so all prefixes of a pair fall on one "
@@ -129,10 +142,6 @@ class SPPRMConfig(TrainingArguments):
         default="weighted",
         metadata={"help": "weighted: -w log sigmoid(r_w - r_l) on partial pairs (Eq. 3, weights from the dataset); "
                   "unweighted: Eq. 2 (w = 1); orm: Bradley-Terry on full pairs (trains the reference RM)."},
-    )
-    center_rewards_coefficient: float | None = field(
-        default=None,
-        metadata={"help": "Add coef * (r_w + r_l)^2 per pair (keeps rewards centred at 0, as in TRL). null: off."},
     )
     multi_prefix: str = field(
         default="auto",
@@ -166,9 +175,19 @@ class SPPRMConfig(TrainingArguments):
                   "match this one)."},
     )
 
-    # Changed TrainingArguments defaults (see the module docstring).
+    # Changed RewardConfig defaults (see the module docstring).
     output_dir: str | None = field(default="outputs/sp-prm", metadata={"help": "Where checkpoints and the model go."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    bf16: bool | None = field(
+        default=False, metadata={"help": "bf16 mixed precision (TRL's default is on; ours is fp32, exact on CPU)."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Alias of activation_checkpointing (TRL's default is on; ours is off)."}
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Drop pairs whose chosen or rejected ids are longer (TRL's meaning). null (TRL: 1024): keep "
+                  "all; the prefix format already bounds the lengths."},
+    )
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "none, wandb, tensorboard, ... (wandb: set WANDB_MODE=offline to stay local)."}
     )
@@ -188,19 +207,30 @@ class SPPRMConfig(TrainingArguments):
         _coerce_yaml(self)
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
+        if isinstance(self.sample, dict):
+            self.sample = Sample(**self.sample)
+        if self.sample.active and self.loss != "orm":
+            raise ValueError("sample draws from a raw preference source (loss: orm); sample the source pairs when "
+                             "preparing partial pairs (sp-prm prepare --sample.fraction ...)")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if str(self.multi_prefix).lower() not in ("auto", "true", "false"):
             raise ValueError(f"multi_prefix must be auto, true or false, got {self.multi_prefix!r}")
         self.multi_prefix = str(self.multi_prefix).lower()
-        if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {self.on_bad_rows!r}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be left or right, got {self.padding_side!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for name in ("eos_token", "chat_template_path"):
+            if getattr(self, name, None) is not None:
+                # TRL applies these to the tokenizer before it tokenizes; our ids are made by the prefix format
+                # (sp_prm.formatting) and must match what decoding scores, so changing them here would do nothing.
+                raise ValueError(f"{name} is not used by sp-prm train: the prefix format (prefix.template, "
+                                 "prefix.end_marker) fixes how sequences are rendered")
         if self.hub_token:
             # Tokens come from the environment (HF_TOKEN) only, so no recipe or log ever holds one.
             raise ValueError("hub_token must not be set in a config; export HF_TOKEN instead")
@@ -208,12 +238,20 @@ class SPPRMConfig(TrainingArguments):
             self.eval_strategy = "epoch"
         super().__post_init__()
 
+    def source_block(self) -> PreferenceSource:
+        """``dataset`` and its options as the preference-source block (loss: orm)."""
+        return PreferenceSource(source=self.dataset, format=self.format, columns=self.columns, split=self.split,
+                                data_dir=self.data_dir, subset="all", sample=self.sample, limit=self.limit,
+                                on_bad_rows=self.on_bad_rows)
+
     def to_dict(self) -> dict[str, Any]:
         """Not dead code: transformers' logging integrations call it (TensorBoardCallback through
         ``to_json_string``, WandbCallback and others directly), and ``json.dumps`` fails on a PrefixFormat."""
         d = super().to_dict()
         if isinstance(d.get("prefix"), PrefixFormat):
             d["prefix"] = d["prefix"].to_dict()
+        if isinstance(d.get("sample"), Sample):
+            d["sample"] = dataclasses.asdict(d["sample"])
         return d
 
 
@@ -222,15 +260,20 @@ def help_text() -> str:
     from sp_prm.config import describe
 
     base = {f.name for f in dataclasses.fields(TrainingArguments)}
-    changed = {"output_dir", "logging_steps", "report_to", "remove_unused_columns", "save_strategy",
-               "num_train_epochs", "lr_scheduler_type"}
+    reward = _TRL_FIELDS - base
+    changed = {"output_dir", "report_to", "remove_unused_columns", "save_strategy", "num_train_epochs",
+               "lr_scheduler_type", "bf16", "gradient_checkpointing", "max_length"}
     lines = describe(SPPRMConfig).splitlines()
-    head, own, rest, block = lines[:2], [], [], []
+    head, own, trl, rest, block = lines[:2], [], [], [], []
     for line in lines[2:] + ["  --"]:  # sentinel flushes the last block
         if line.startswith("  --") and block:
             name = block[0].split()[0][2:].split(".")[0]
-            (own if name not in base or name in changed else rest).extend(block)
+            if name in changed or (name not in base and name not in reward):
+                own.extend(block)
+            else:
+                (trl if name in reward else rest).extend(block)
             block = []
         block.append(line)
     return "\n".join(head + ["SP-PRM options (and changed defaults):", *own, "",
+                              "trl.RewardConfig options:", *trl, "",
                               "transformers.TrainingArguments options:", *rest])

@@ -1,4 +1,14 @@
-"""``SPPRMTrainer``: a ``transformers.Trainer`` for Bradley-Terry reward models on (partial) pairs.
+"""``SPPRMTrainer``: a ``trl.RewardTrainer`` for Bradley-Terry reward models on (partial) pairs.
+
+It is TRL's reward trainer with three things replaced: the collator (one batch
+holds many prefixes of a pair, read inside shared sequences), the loss (Eq. 3's
+per-pair weights and the split-invariant normalisation below) and the logged
+statistics. Everything else is TRL's: ``RewardConfig``'s fields
+(``center_rewards_coefficient``, ``disable_dropout``, ``max_length``,
+``pad_to_multiple_of``, ``activation_offloading``, ...), its dataset handling (our
+datasets carry ``chosen_ids`` / ``rejected_ids``, so TRL does not re-tokenize
+them; a plain TRL dataset is tokenized by ``sp-prm train --loss orm`` through the
+prefix format first), its PEFT wrapping (``peft_config``) and its tags.
 
 Loss of pair ``i`` with rewards ``r_w``, ``r_l`` and weight ``w_i``::
 
@@ -41,7 +51,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from trl import RewardTrainer
 
 from sp_prm.collator import GroupedShuffleSampler
 from sp_prm.scoring import is_causal_reward_model, unwrap
@@ -114,18 +124,38 @@ def pair_losses(
     return losses
 
 
-class SPPRMTrainer(Trainer):
-    """Trainer for reward models on collated pair batches (see :mod:`sp_prm.collator`).
+class _PadOnlyTokenizer:
+    """What ``RewardTrainer.__init__`` reads from a tokenizer, for callers that pass none.
 
-    Args (besides ``Trainer``'s):
+    Our datasets are already token ids and our collator knows the pad id, so a
+    trainer built without ``processing_class`` (tests, benchmarks) needs no real
+    tokenizer; this stands in during ``__init__`` only (nothing is saved from it).
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token = self.eos_token = "<pad>"
+        self.pad_token_id = pad_token_id
+
+    def get_vocab(self) -> dict[str, int]:
+        return {"<pad>": self.pad_token_id}
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.pad_token_id
+
+
+class SPPRMTrainer(RewardTrainer):
+    """``trl.RewardTrainer`` on collated (partial) pair batches (see :mod:`sp_prm.collator`).
+
+    Args (besides ``RewardTrainer``'s):
         loss_type: ``weighted`` (use the batch's ``weight``), ``unweighted`` or ``orm`` (w = 1).
-        center_rewards_coefficient: optional centring term.
+        center_rewards_coefficient: the centring term; ``None`` takes ``args.center_rewards_coefficient``.
         causal: read rewards per position (decoder RM); ``None`` detects it from the model.
         group_by_pair: keep the partial pairs of one source pair in the same batch (multi-prefix).
     """
 
     # compute_loss already divides by the pairs of the whole accumulated step.
     loss_is_scaled_for_ga = True
+    _tag_names = ["trl", "reward-trainer", "sp-prm"]
 
     def __init__(
         self,
@@ -136,9 +166,28 @@ class SPPRMTrainer(Trainer):
         group_by_pair: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        names = ("model", "args", "data_collator", "train_dataset", "eval_dataset", "processing_class")
+        kwargs.update(zip(names, args))
+        config, collator = kwargs.get("args"), kwargs.get("data_collator")
+        stand_in = kwargs.get("processing_class") is None and hasattr(collator, "pad_token_id")
+        if stand_in:
+            kwargs["processing_class"] = _PadOnlyTokenizer(collator.pad_token_id)
+        # sp-prm train builds the model itself (resolve(), dtype, ZeRO-3 ordering) and has already applied
+        # model_init_kwargs; RewardTrainer would warn that they are ignored.
+        init_kwargs = getattr(config, "model_init_kwargs", None)
+        if config is not None:
+            config.model_init_kwargs = None
+        try:
+            super().__init__(**kwargs)
+        finally:
+            if config is not None:
+                config.model_init_kwargs = init_kwargs
+        if stand_in:
+            self.processing_class = None
         self.loss_type = loss_type
-        self.center_rewards_coefficient = center_rewards_coefficient
+        self.center_rewards_coefficient = (
+            self.args.center_rewards_coefficient if center_rewards_coefficient is None else center_rewards_coefficient
+        )
         self.causal = is_causal_reward_model(self.model) if causal is None else causal
         self.group_by_pair = group_by_pair
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
