@@ -96,8 +96,13 @@ def rollout_values(
     seed: int = 0,
     batch_rows: int = 64,
     progress: bool = False,
+    budget_ends_response: bool = False,
 ) -> torch.Tensor:
-    """``[len(items), rollouts]``: the gold reward of each rollout of each prefix (V is the row mean)."""
+    """``[len(items), rollouts]``: the gold reward of each rollout of each prefix (V is the row mean).
+
+    ``budget_ends_response``: a rollout cut by the budget is judged as finished (with the end
+    marker), for testbeds whose responses are whatever the policy wrote within the budget.
+    """
     if rollouts < 1:
         raise ValueError(f"rollouts must be >= 1, got {rollouts}")
     out = torch.empty(len(items), rollouts, dtype=torch.float64)
@@ -133,7 +138,7 @@ def rollout_values(
                 s = samples[i * rollouts + m]
                 prompts.append(it.as_messages())
                 texts.append(policy.decode(prefix_ids[i] + s.token_ids))
-                done.append(s.eos)
+                done.append(s.eos or (budget_ends_response and s.budget))
         vals = torch.tensor(judge(prompts, texts, done), dtype=torch.float64).view(len(chunk), rollouts)
         for i, it in enumerate(chunk):
             out[unique[it]] = vals[i]
@@ -182,7 +187,8 @@ def value_function(cfg: Any, default_format: PrefixFormat | None = None) -> Call
             judge = Judge(model, tok, fmt)
             params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p)
             vals = rollout_values(policy, judge, missing, cfg.rollouts, params, cfg.max_response_tokens, cfg.seed,
-                                  cfg.batch_rows, progress=cfg.progress)
+                                  cfg.batch_rows, progress=cfg.progress,
+                                  budget_ends_response=cfg.budget_ends_response)
             for it, v in zip(missing, vals):
                 cache[it.key()] = v.tolist()
             if path is not None:

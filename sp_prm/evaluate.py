@@ -58,6 +58,9 @@ class ProcessValueConfig:
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus mass of the rollouts."})
     seed: int = field(default=0, metadata={"help": "Base seed; each rollout's seed hashes it with the prefix."})
+    budget_ends_response: bool = field(default=False, metadata={
+        "help": "Judge a rollout that reached max_response_tokens as a finished response (a testbed whose "
+                "responses are whatever the policy wrote within the budget), not as a partial one."})
     cuts: list[str] | None = field(default=None, metadata={
         "help": "Cut labels valued (default: full and every t=N; f=F cuts cost as much again)."})
     dtype: str = field(default="float32", metadata={"help": "Policy and gold RM dtype."})
