@@ -150,6 +150,10 @@ def test_contender_plan_same_budget_and_the_released_code_variant(tmp_path):
     assert arg(plan["sst-teacher"], "--reference_model") == str(cfg.teacher_dir)
     assert arg(plan["sst-student"], "--reference_model").endswith("seed2/orm")
     assert arg(plan["sst-all"], "--reference_model") == "null"
+    # teacher-referenced and unweighted SST data are shared by the seeds (data seed); the student's is per seed
+    assert arg(plan["sst-teacher"], "--output_dir") == str(cfg.root / "sst-teacher")
+    assert arg(plan["sst-student"], "--output_dir").endswith("seed2/sst-student")
+    assert arg(plan["sst-teacher"], "--seed") == str(cfg.data.seed) and arg(plan["sst-teacher"], "--limit") == "1000"
     assert arg(plan["orm-control"], "--dataset").endswith("train.jsonl")
     v = stages.value_command(cfg, 2)
     assert arg(v, "--process_value.gold_rm") == str(cfg.teacher_dir) and arg(v, "--baseline") == "orm"
@@ -175,7 +179,7 @@ def test_search_stage_refuses_args_without_the_spread_option(tmp_path):
     class Module:
         PrmGuidedConfig = Old
 
-    cfg = GoldConfig(work_dir=str(tmp_path), search_overrides={"n": 8})
+    cfg = GoldConfig(work_dir=str(tmp_path), search_overrides={"n": 8}, search_methods=["bon", "cbs", "args"])
     with pytest.raises(ValueError, match="args_w_units"):
         stages.search_config(cfg, 0, Module)
     cfg.search_methods = ["bon", "cbs"]

@@ -224,11 +224,12 @@ def plot(summary: dict[str, Any], out: Path) -> None:
         plt.close(fig)
 
 
-def write_report(root: Path, seeds: list[int], guides: list[str], methods: list[str], samples: int = 2000
-                 ) -> dict[str, Any]:
+def write_report(root: Path, seeds: list[int], guides: list[str], methods: list[str], samples: int = 2000,
+                 search_name: str = "search") -> dict[str, Any]:
     """Pool every finished seed under ``root`` into ``root/summary.{json,md}`` and the two plots."""
     value_dirs = [root / f"seed{s}" / "value" for s in seeds if (root / f"seed{s}" / "value" / "process_value.pt").exists()]
-    search_dirs = [root / f"seed{s}" / "search" for s in seeds if (root / f"seed{s}" / "search" / "records.jsonl").exists()]
+    search_dirs = [root / f"seed{s}" / search_name for s in seeds
+                   if (root / f"seed{s}" / search_name / "records.jsonl").exists()]
     if not value_dirs and not search_dirs:
         raise FileNotFoundError(f"no finished value or search stage under {root}/seed{{{','.join(map(str, seeds))}}}")
     summary: dict[str, Any] = {"seeds_value": [d.parent.name for d in value_dirs],

@@ -91,6 +91,9 @@ class GoldConfig:
     sst_recipe: str = field(default="recipes/hh-rlhf/prepare_sst_minilm.yaml", metadata={"help": "SST prepare recipe."})
     sp_recipe: str = field(default="recipes/hh-rlhf/train_sst_minilm.yaml", metadata={"help": "Partial-pair recipe."})
     orm_epochs: int = field(default=2, metadata={"help": "Student ORM epochs on the full on-policy pairs."})
+    sst_pairs: int | None = field(default=1000, metadata={
+        "help": "Training pairs cut into SST partial pairs (x sst_k in the recipe); 300 steps x 16 use ~4,800 of them. "
+                "The teacher scores every prefix once per prefix (another tokenizer), the costliest CPU step."})
     extra_steps: int = field(default=300, metadata={
         "help": "The budget every contender gets on top of the ORM (optimizer steps of extra_batch pairs), "
                 "the ORM compute control included."})
@@ -99,14 +102,17 @@ class GoldConfig:
         "help": f"Which of {CONTENDERS} to train (orm always)."})
     # evaluation (stage d)
     value_pairs: int = field(default=150, metadata={"help": "Held-out pairs whose prefixes get a process value."})
-    token_counts: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 30], metadata={
+    token_counts: list[int] = field(default_factory=lambda: [1, 5, 10, 20], metadata={
         "help": "Prefix lengths (student tokens) of evaluate-rm; V is computed for every t here (and full, exactly)."})
     rollouts: int = field(default=8, metadata={"help": "Rollouts M per prefix for V."})
     search_prompts_per_fold: int = field(default=25, metadata={"help": "Search prompts per fold (2 folds)."})
     search_guides: list[str] | None = field(default=None, metadata={
         "help": "Guides of the search stage (default: every trained contender; orm first = the baseline)."})
-    search_methods: list[str] = field(default_factory=lambda: ["bon", "cbs", "args", "cards"], metadata={
-        "help": "Decoders (bon, cbs: primary; args needs `args_w_units: spread`, cards `cards_tau_u_quantile`)."})
+    search_methods: list[str] = field(default_factory=lambda: ["bon", "cbs"], metadata={
+        "help": "Decoders: bon, cbs (the primary endpoint), args (needs `args_w_units: spread`), cards "
+                "(needs `cards_tau_u_quantile`)."})
+    search_name: str = field(default="search", metadata={
+        "help": "Sub-folder of the seed's search run (another name for a second run, e.g. args/cards on two guides)."})
     search_overrides: dict[str, object] = field(default_factory=dict, metadata={
         "help": "Extra fields of the prm_guided config (n, args_k, args_w, args_w_units, cards_tau_u_quantile, ...)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds compare pools."})

@@ -49,7 +49,8 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
         stages.run_search(cfg, cfg.seed)
     elif stage == "compare":
         guides = cfg.search_guides or list(cfg.contenders)
-        summary = compare.write_report(cfg.root, cfg.seeds, guides, cfg.search_methods, cfg.bootstrap_resamples)
+        summary = compare.write_report(cfg.root, cfg.seeds, guides, cfg.search_methods, cfg.bootstrap_resamples,
+                                       cfg.search_name)
         print(compare.to_markdown(summary))
         return
     elif stage == "all":

@@ -53,6 +53,11 @@ def done(path: Path) -> bool:
     return (path / "config.json").exists() or (path / "dataset_info.json").exists() or (path / "state.json").exists()
 
 
+def sst_dir(cfg: GoldConfig, name: str, seed: int) -> Path:
+    """Where a partial-pair dataset lives: per seed for the student-referenced one, shared otherwise."""
+    return cfg.seed_dir(seed) / name if name == "sst-student" else cfg.root / name
+
+
 def contender_commands(cfg: GoldConfig, seed: int) -> list[tuple[str, Path, list[str]]]:
     """``(name, output folder, sp-prm argv)`` in run order for one training seed."""
     s, d = cfg.seed_dir(seed), cfg.data_dir
@@ -63,14 +68,19 @@ def contender_commands(cfg: GoldConfig, seed: int) -> list[tuple[str, Path, list
                       "--dataset", str(d / "train.jsonl"), "--eval_fraction", "0", "--num_train_epochs",
                       str(cfg.orm_epochs), *common, "--output_dir", str(orm), *_prefix_args(cfg)])]
     wanted = set(cfg.contenders)
+    # The SST cut positions use the data seed, so the teacher-referenced and unweighted partial pairs are
+    # prepared once and shared by every training seed (the teacher scores each prefix in its own pass, the
+    # costliest CPU step); the student-referenced data depends on the seed's ORM and is per seed.
     sst_refs = {"sst-student": str(orm), "sst-teacher": str(cfg.teacher_dir), "sst-all": "null"}
     needed = {SST_DATA[c] for c in wanted if c in SST_DATA}
+    limit = ["--limit", str(cfg.sst_pairs)] if cfg.sst_pairs else []
     for name, ref in sst_refs.items():
         if name in needed:
-            cmds.append((name, s / name, ["prepare", "--config", cfg.sst_recipe, "--source", str(d / "train.jsonl"),
-                                          "--model_name_or_path", cfg.student, "--seed", str(seed),
-                                          "--reference_model", ref, "--reference_dtype", cfg.dtype,
-                                          "--output_dir", str(s / name), "--overwrite", "true", *_prefix_args(cfg)]))
+            out = sst_dir(cfg, name, seed)
+            cmds.append((name, out, ["prepare", "--config", cfg.sst_recipe, "--source", str(d / "train.jsonl"),
+                                     *limit, "--model_name_or_path", cfg.student, "--seed", str(cfg.data.seed),
+                                     "--reference_model", ref, "--reference_dtype", cfg.dtype,
+                                     "--output_dir", str(out), "--overwrite", "true", *_prefix_args(cfg)]))
     budget = ["--max_steps", str(cfg.extra_steps), "--per_device_train_batch_size", str(cfg.extra_batch)]
     if "orm-control" in wanted:
         cmds.append(("orm-control", s / "orm-control",
@@ -79,7 +89,8 @@ def contender_commands(cfg: GoldConfig, seed: int) -> list[tuple[str, Path, list
                       str(s / "orm-control"), *_prefix_args(cfg)]))
     for name in ("sp-prm-student-ref", "sp-prm-teacher-ref", "eq2", "eq2-filtered"):
         if name in wanted:
-            cmds.append((name, s / name, ["train", "--config", cfg.sp_recipe, "--dataset", str(s / SST_DATA[name]),
+            data = sst_dir(cfg, SST_DATA[name], seed)
+            cmds.append((name, s / name, ["train", "--config", cfg.sp_recipe, "--dataset", str(data),
                                           "--loss", LOSS[name], "--model_name_or_path", str(orm), "--eval_fraction",
                                           "0", *budget, *common, "--output_dir", str(s / name)]))
     return cmds
@@ -162,7 +173,7 @@ def search_config(cfg: GoldConfig, seed: int, module: Any = None) -> Any:
         sampling=dataclasses.asdict(cfg.sampling), pairs_path=str(cfg.data_dir / "search_prompts.jsonl"),
         guides={g: str(s / g) for g in guides}, gold_models=[str(cfg.teacher_dir)], folds=2,
         prompts_per_fold=cfg.search_prompts_per_fold, seed=seed, max_new_tokens=cfg.data.max_new_tokens,
-        methods=list(cfg.search_methods), output_dir=str(s / "search"), bootstrap_resamples=cfg.bootstrap_resamples,
+        methods=list(cfg.search_methods), output_dir=str(s / cfg.search_name), bootstrap_resamples=cfg.bootstrap_resamples,
         **extra)
     from sp_prm.config import build
 
