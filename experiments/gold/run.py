@@ -36,7 +36,7 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
         if cfg.teacher.kind != "probe":
             raise NotImplementedError("teacher.kind: finetune is not implemented in this stage yet; train it with "
                                       "`sp-prm train --loss orm` and point work_dir/teacher at it")
-        print(teacher.describe(teacher.train_teacher(cfg)))
+        print(teacher.describe(teacher.train_teacher(cfg, progress=True)))
     elif stage == "data":
         if not teacher.teacher_ready(cfg):
             raise FileNotFoundError(f"{cfg.teacher_dir}: run the teacher stage first")

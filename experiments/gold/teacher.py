@@ -57,7 +57,7 @@ def load_pairs(sources: list[str], subset: str = "all", eval_fraction: float = 0
 
 @torch.no_grad()
 def last_token_features(model: Any, tokenizer: Any, fmt: PrefixFormat, prompts: list[Any], responses: list[str],
-                        batch_tokens: int = 8192) -> torch.Tensor:
+                        batch_tokens: int = 8192, progress: bool = False) -> torch.Tensor:
     """``[n, hidden]`` fp64: the backbone's hidden state at the last real token of each (prompt, response)."""
     inner = unwrap(model)
     backbone = getattr(inner, inner.base_model_prefix)
@@ -70,7 +70,12 @@ def last_token_features(model: Any, tokenizer: Any, fmt: PrefixFormat, prompts: 
     device = next(model.parameters()).device
     out = torch.empty(len(seqs), inner.config.hidden_size, dtype=torch.float64)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for idx in length_batches([len(s) for s in seqs], batch_tokens, 64):
+    batches = list(length_batches([len(s) for s in seqs], batch_tokens, 64))
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="teacher features", unit="batch", mininterval=30)
+    for idx in batches:
         ids, mask = pad([seqs[i] for i in idx], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
@@ -110,7 +115,7 @@ def choose_l2(diffs: torch.Tensor, grid: list[float], seed: int) -> tuple[float,
     return best, scores
 
 
-def train_teacher(cfg: GoldConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+def train_teacher(cfg: GoldConfig, model: Any = None, tokenizer: Any = None, progress: bool = False) -> dict[str, Any]:
     """Fit the probe teacher, save it to ``cfg.teacher_dir`` (atomically) and return its report."""
     from transformers import AutoModelForSequenceClassification
 
@@ -131,7 +136,7 @@ def train_teacher(cfg: GoldConfig, model: Any = None, tokenizer: Any = None) -> 
     pairs = train + held
     prompts = [p["prompt"] for p in pairs for _ in (0, 1)]
     responses = [r for p in pairs for r in (p["chosen"], p["rejected"])]
-    feats = last_token_features(model, tokenizer, tc.prefix, prompts, responses, tc.batch_tokens)
+    feats = last_token_features(model, tokenizer, tc.prefix, prompts, responses, tc.batch_tokens, progress=progress)
     t_feat = time.perf_counter() - t0
     mu, sd = feats.mean(0), feats.std(0).clamp(min=1e-8)
     z = (feats - mu) / sd
