@@ -263,6 +263,7 @@ def evaluate(config: EvaluateConfig, value_fn: Any = None) -> dict[str, Any]:
     sides: list[EncodedResponse] = []
     messages = []
     kept_ids: list[str] = []
+    responses: list[str] = []
     skipped = 0
     for pair in pairs:
         try:
@@ -276,6 +277,7 @@ def evaluate(config: EvaluateConfig, value_fn: Any = None) -> dict[str, Any]:
         sides += encs
         messages += [pair["prompt"], pair["prompt"]]
         kept_ids.append(str(pair["id"]))
+        responses += [pair["chosen"], pair["rejected"]]
     if not sides:
         raise ValueError(f"{config.source}: no usable pairs to evaluate (loader: {report.to_dict()})")
     positions = [cut_positions(s, config) for s in sides]
@@ -326,7 +328,7 @@ def evaluate(config: EvaluateConfig, value_fn: Any = None) -> dict[str, Any]:
            "loader": report.to_dict(), "baseline": baseline if len(scores) > 1 else None, "results": results}
     values = None
     if config.process_value is not None:
-        values = _process_value(config, value_fn, sides, positions, messages, labels, cut_tok)
+        values = _process_value(config, value_fn, sides, positions, messages, responses, labels, cut_tok)
         out["process_value"] = _value_results(config, values, scores, labels, baseline)
 
     target = Path(config.output_dir)
@@ -349,8 +351,28 @@ def evaluate(config: EvaluateConfig, value_fn: Any = None) -> dict[str, Any]:
     return out
 
 
+def original_prefix(cut_tok: Any, response: str, side: EncodedResponse, t: int) -> str:
+    """The response's own text up to the end of its ``t``-th cut token.
+
+    Decoding the cut ids would lose the case and spacing of an uncased or normalising tokenizer
+    (MiniLM decodes "Hello, World" as "hello, world"), and the policy must continue the real text.
+    The response is tokenized alone (with its leading space, as the plain transcript has it); when
+    those ids are not the ones the rendering produced, the decoded text is the fallback.
+    """
+    if t >= side.length:
+        return response if not side.response_truncated else cut_tok.decode(side.content_ids)
+    for body in (" " + response, response):
+        try:
+            enc = cut_tok(body, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError):  # a slow tokenizer has no offsets
+            break
+        if list(enc["input_ids"][:t]) == list(side.content_ids[:t]):
+            return body[: enc["offset_mapping"][t - 1][1]].lstrip()
+    return cut_tok.decode(side.content_ids[:t])
+
+
 def _process_value(config: EvaluateConfig, value_fn: Any, sides: list[EncodedResponse], positions: list[list[int]],
-                   messages: list[Any], labels: list[str], cut_tok: Any) -> dict[str, Any]:
+                   messages: list[Any], responses: list[str], labels: list[str], cut_tok: Any) -> dict[str, Any]:
     """Rollout gold rewards ``[2 * pairs, M]`` of every side's prefix at each valued cut."""
     pv = config.process_value
     valued = pv.cuts if pv.cuts is not None else [c for c in labels if c == "full" or c.startswith("t=")]
@@ -364,7 +386,7 @@ def _process_value(config: EvaluateConfig, value_fn: Any, sides: list[EncodedRes
         j = labels.index(label)
         for s, (side, msgs) in enumerate(zip(sides, messages)):
             t = positions[s][j]
-            text = cut_tok.decode(side.content_ids[:t])
+            text = original_prefix(cut_tok, responses[s], side, t)
             items.append((as_messages(msgs), text, side.is_complete(t)))
             where.append((label, s))
     # the decoding layer's PrefixItem is built from these (messages, text, complete) triples

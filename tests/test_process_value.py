@@ -134,6 +134,7 @@ def test_evaluate_rm_with_process_value(tmp_path, tiny_llama_rm_dir, tiny_llama_
                             max_response_tokens=10, temperature=1.0, top_p=1.0, device="cpu", progress=False,
                             cache=str(tmp_path / "v.pt"))
     cfg = EvaluateConfig(models=[str(tiny_bert_rm_dir), str(tiny_llama_rm_dir)], names=["bert", "gold"],
+                         tokenizer=str(tiny_llama_rm_dir),  # cut in the gold's (cased) token space: exact ids
                          source=str(src), subset="all", token_counts=[1, 3], fractions=[1.0], prefix=FMT,
                          process_value=pv, output_dir=str(tmp_path / "eval"), device="cpu", bootstrap_samples=50)
     with pytest.raises(ValueError, match="sp-prm evaluate-rm"):
@@ -151,3 +152,16 @@ def test_evaluate_rm_with_process_value(tmp_path, tiny_llama_rm_dir, tiny_llama_
     # the cache serves a second evaluation without new rollouts (identical values)
     again = evaluate(cfg, value_fn=value_function(pv, FMT))
     assert again["process_value"]["cuts"]["t=3"]["v_mean"] == cuts["t=3"]["v_mean"]
+
+
+def test_rollouts_continue_the_original_text_not_the_decoded_ids(minilm_tokenizer, smollm_tokenizer):
+    from sp_prm.evaluate import original_prefix
+
+    response = "Hello, World! I'm Fine."
+    side = encode(minilm_tokenizer, MSGS, response, FMT)
+    assert minilm_tokenizer.decode(side.content_ids[:3]) == "hello, world"  # uncased: decoding loses the case
+    assert original_prefix(minilm_tokenizer, response, side, 3) == "Hello, World"
+    assert original_prefix(minilm_tokenizer, response, side, side.length) == response
+    s2 = encode(smollm_tokenizer, MSGS, response, FMT)
+    for t in range(1, s2.length):
+        assert original_prefix(smollm_tokenizer, response, s2, t) == smollm_tokenizer.decode(s2.content_ids[:t]).lstrip()

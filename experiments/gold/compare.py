@@ -202,7 +202,7 @@ def plot(summary: dict[str, Any], out: Path) -> None:
             hi = [row[c]["ci"][1] - row[c]["agreement"] for c in cuts]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=m)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("prefix length t (student tokens)")
+        ax.set_xlabel("prefix length t (policy tokens)")
         ax.set_ylabel("agreement with V")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

@@ -103,7 +103,7 @@ class GoldConfig:
     # evaluation (stage d)
     value_pairs: int = field(default=150, metadata={"help": "Held-out pairs whose prefixes get a process value."})
     token_counts: list[int] = field(default_factory=lambda: [1, 5, 10, 20], metadata={
-        "help": "Prefix lengths (student tokens) of evaluate-rm; V is computed for every t here (and full, exactly)."})
+        "help": "Prefix lengths (policy tokens) of evaluate-rm; V is computed for every t here (and full, exactly)."})
     rollouts: int = field(default=8, metadata={"help": "Rollouts M per prefix for V."})
     search_prompts_per_fold: int = field(default=25, metadata={"help": "Search prompts per fold (2 folds)."})
     search_guides: list[str] | None = field(default=None, metadata={

@@ -97,12 +97,17 @@ def contender_commands(cfg: GoldConfig, seed: int) -> list[tuple[str, Path, list
 
 
 def value_command(cfg: GoldConfig, seed: int) -> list[str]:
-    """``sp-prm evaluate-rm`` of every contender with the process value V on the held-out value pairs."""
+    """``sp-prm evaluate-rm`` of every contender with the process value V on the held-out value pairs.
+
+    Prefixes are cut in the *policy's* token space (t = policy tokens, the unit a search step has):
+    its decoding is lossless, so the rollouts continue exactly the text each contender scores (the
+    MiniLM contenders are uncased and read the same text re-encoded).
+    """
     s = cfg.seed_dir(seed)
     names = list(cfg.contenders)
     return ["evaluate-rm", "--source", str(cfg.data_dir / "value.jsonl"), "--subset", "all", "--limit",
             str(cfg.value_pairs), "--models", "[" + ", ".join(str(s / n) for n in names) + "]",
-            "--names", "[" + ", ".join(names) + "]", "--baseline", "orm", "--tokenizer", cfg.student,
+            "--names", "[" + ", ".join(names) + "]", "--baseline", "orm", "--tokenizer", cfg.policy,
             "--token_counts", "[" + ", ".join(map(str, cfg.token_counts)) + "]", "--fractions", "[1.0]",
             *_prefix_args(cfg), "--bootstrap_samples", str(cfg.bootstrap_resamples), "--output_dir", str(s / "value"),
             "--process_value.policy", cfg.policy, "--process_value.gold_rm", str(cfg.teacher_dir),
