@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
-from sp_prm.prefix_scoring import PrefixScorer
+from sp_prm.prefix_scoring import PrefixScorer, original_prefix
 from sp_prm.scoring import RewardScorer
 
 
@@ -302,7 +302,7 @@ def evaluate(config: EvaluateConfig, value_fn: Any = None) -> dict[str, Any]:
                 f"{config.prefix.to_dict()}; set --prefix to the model's format"
             )
         scorer = PrefixScorer(RewardScorer(model, tok.pad_token_id, config.batch_tokens), tok, cut_tok, config.prefix)
-        rewards = torch.stack(scorer.score(sides, positions, messages))  # [2 * pairs, cuts]
+        rewards = torch.stack(scorer.score(sides, positions, messages, responses))  # [2 * pairs, cuts]
         scores[name] = (rewards[0::2], rewards[1::2])
         del model, scorer
         gc.collect()
@@ -349,26 +349,6 @@ def evaluate(config: EvaluateConfig, value_fn: Any = None) -> dict[str, Any]:
     os.replace(tmp, target)
     print((target / "results.md").read_text())
     return out
-
-
-def original_prefix(cut_tok: Any, response: str, side: EncodedResponse, t: int) -> str:
-    """The response's own text up to the end of its ``t``-th cut token.
-
-    Decoding the cut ids would lose the case and spacing of an uncased or normalising tokenizer
-    (MiniLM decodes "Hello, World" as "hello, world"), and the policy must continue the real text.
-    The response is tokenized alone (with its leading space, as the plain transcript has it); when
-    those ids are not the ones the rendering produced, the decoded text is the fallback.
-    """
-    if t >= side.length:
-        return response if not side.response_truncated else cut_tok.decode(side.content_ids)
-    for body in (" " + response, response):
-        try:
-            enc = cut_tok(body, add_special_tokens=False, return_offsets_mapping=True)
-        except (NotImplementedError, ValueError):  # a slow tokenizer has no offsets
-            break
-        if list(enc["input_ids"][:t]) == list(side.content_ids[:t]):
-            return body[: enc["offset_mapping"][t - 1][1]].lstrip()
-    return cut_tok.decode(side.content_ids[:t])
 
 
 def _process_value(config: EvaluateConfig, value_fn: Any, sides: list[EncodedResponse], positions: list[list[int]],

@@ -155,7 +155,7 @@ def test_evaluate_rm_with_process_value(tmp_path, tiny_llama_rm_dir, tiny_llama_
 
 
 def test_rollouts_continue_the_original_text_not_the_decoded_ids(minilm_tokenizer, smollm_tokenizer):
-    from sp_prm.evaluate import original_prefix
+    from sp_prm.prefix_scoring import original_prefix
 
     response = "Hello, World! I'm Fine."
     side = encode(minilm_tokenizer, MSGS, response, FMT)
@@ -165,3 +165,19 @@ def test_rollouts_continue_the_original_text_not_the_decoded_ids(minilm_tokenize
     s2 = encode(smollm_tokenizer, MSGS, response, FMT)
     for t in range(1, s2.length):
         assert original_prefix(smollm_tokenizer, response, s2, t) == smollm_tokenizer.decode(s2.content_ids[:t]).lstrip()
+
+
+def test_prefix_scorer_reads_the_original_text_across_tokenizers(minilm_tokenizer, smollm_tokenizer, tiny_llama_rm):
+    from sp_prm.prefix_scoring import PrefixScorer
+    from sp_prm.scoring import RewardScorer
+
+    response = "Hello, World! I'm Fine."
+    side = encode(minilm_tokenizer, MSGS, response, FMT)  # cut in the uncased MiniLM space
+    scorer = PrefixScorer(RewardScorer(tiny_llama_rm, smollm_tokenizer.pad_token_id), smollm_tokenizer,
+                          minilm_tokenizer, FMT)
+    got = scorer.score([side], [[3]], [MSGS], [response])[0]
+    want = last_token_reward(tiny_llama_rm, encode(smollm_tokenizer, MSGS, "Hello, World", FMT).sequence(
+        None, end_marker=False))
+    assert float(got[0]) == pytest.approx(want, abs=1e-4)
+    lowered = scorer.score([side], [[3]], [MSGS])[0]  # without the texts: the decoded (lowercased) ids
+    assert float(lowered[0]) != pytest.approx(want, abs=1e-4)
