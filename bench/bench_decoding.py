@@ -23,11 +23,11 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForS
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from decoding.best_of_n import best_of_n  # noqa: E402
-from decoding.core import Candidate, expand  # noqa: E402
-from decoding.dvts import dvts  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
 from decoding.scorers import RearScorer, RewardModelScorer  # noqa: E402
+from decoding.search.best_of_n import best_of_n  # noqa: E402
+from decoding.search.core import Candidate, expand  # noqa: E402
+from decoding.search.dvts import dvts  # noqa: E402
 from decoding.types import Partial, Prompt  # noqa: E402
 
 

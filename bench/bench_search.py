@@ -28,12 +28,12 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForS
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from decoding.args import args_decode, extension_partial  # noqa: E402
-from decoding.beam_search import chunk_beam_search, rank_top  # noqa: E402
-from decoding.cards import CardsParams, calibrate_thresholds, cards  # noqa: E402
-from decoding.core import Candidate, expand, score  # noqa: E402
 from decoding.policy import Policy, SamplingParams, choose_tokens  # noqa: E402
 from decoding.scorers import RewardModelScorer  # noqa: E402
+from decoding.search.args import args_decode, extension_partial  # noqa: E402
+from decoding.search.cards import CardsParams, calibrate_thresholds, cards  # noqa: E402
+from decoding.search.cbs import chunk_beam_search, rank_top  # noqa: E402
+from decoding.search.core import Candidate, expand, score  # noqa: E402
 from decoding.types import Partial, Prompt, candidate_seed  # noqa: E402
 
 

@@ -26,9 +26,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 import torch  # noqa: E402
 
-from decoding.best_of_n import best_of_n  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
 from decoding.scorers import RearScorer  # noqa: E402
+from decoding.search.best_of_n import best_of_n  # noqa: E402
 from decoding.types import Meter, Partial, Prompt  # noqa: E402
 
 PREFERENCE = ("I prefer practical answers from a patient teacher: explain the idea in plain words first, then "

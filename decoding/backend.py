@@ -10,9 +10,12 @@ Two backends implement it:
   the token ids of each row (:class:`TokenState`): the engine keeps the KV cache and finds
   shared prefixes itself (prefix caching), so forking a row is copying a list.
 
-What Best-of-N, DVTS and CBS use -- ``encode``, ``decode``, ``prefill``, ``sample``,
-``state.select``, ``state.compact``, ``logprob_cache`` (REAR's teacher-forced sums) and the
-``meter`` -- is the :class:`PolicyBackend` protocol below; they run unchanged on either.
+What Best-of-N, DVTS, CBS and pruned Best-of-N use -- ``encode``, ``decode``, ``prefill``,
+``sample``, ``state.select``, ``state.compact``, ``logprob_cache`` (REAR's teacher-forced sums) and
+the ``meter`` -- is the :class:`PolicyBackend` protocol below; they run unchanged on either.
+What a token-level search (ARGS, CARDS) needs on top -- the next-token distribution of every row,
+the per-token ``step``, the seeded per-row ``row_uniforms``, ``sample``'s ``stop_before`` condition,
+``extend`` and ``state.rollback`` -- is :class:`TokenLevelBackend`; only the HF backend has it.
 """
 
 from __future__ import annotations
@@ -80,22 +83,47 @@ class PolicyBackend(Protocol):
     ) -> LogprobCache: ...
 
 
-TOKEN_LEVEL_METHODS = {
-    "args": "ARGS scores the top-k next tokens, so it needs the next-token distribution at every token",
-    "cards": "CARDS cuts segments on the next-token entropy, so it needs the next-token distribution at every token",
-}
+class TokenLevelState(SearchState, Protocol):
+    """A state that holds every row's next-token log-distribution ``[rows, V]`` and can roll rows back."""
+
+    next_logprobs: torch.Tensor
+
+    @property
+    def lengths(self) -> list[int]: ...
+
+    def rollback(self, lengths: Sequence[int]) -> None: ...
 
 
-def require_token_level(policy: Any, method: str) -> None:
+class TokenLevelBackend(PolicyBackend, Protocol):
+    """What a token-level search (ARGS, CARDS) needs beyond :class:`PolicyBackend` (``token_level = True``)."""
+
+    vocab_size: int
+
+    def step(self, state: Any, tokens: Sequence[int | None]) -> None:
+        """Feed one generated token per row (``None``: none) and refresh ``state.next_logprobs``."""
+
+    def row_uniforms(self, seeds: Sequence[int], count: int, offsets: Sequence[int] | None = None,
+                     device: Any = "cpu") -> torch.Tensor:
+        """``[rows, count]`` uniforms in [0, 1), row ``i``'s depending on ``seeds[i]`` alone."""
+
+    def extend(self, state: Any, tokens: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Teacher-force ``tokens[i]`` into row ``i`` (counted as prefill); returns their log-probs."""
+
+
+def token_level_error(backend: str, method: str, why: str) -> NotImplementedError:
+    """The error for a token-level search asked of a backend without next-token access."""
+    return NotImplementedError(
+        f"search.method={method} does not run on the {backend} policy backend: {why}, which an inference "
+        f"engine does not expose. Use policy.backend: hf for {method}; the sequence-level searches run on both."
+    )
+
+
+def require_token_level(policy: Any, method: str,
+                        why: str = "it needs the next-token distribution at every token") -> None:
     """Raise a clear error when a token-level search is asked of a backend without next-token access."""
     if getattr(policy, "token_level", True):
         return
-    why = TOKEN_LEVEL_METHODS.get(method, f"{method} needs the next-token distribution at every token")
-    backend = getattr(policy, "backend", type(policy).__name__)
-    raise NotImplementedError(
-        f"search.method={method} does not run on the {backend} policy backend: {why}, which an inference "
-        f"engine does not expose. Use policy.backend: hf for {method}; best_of_n, dvts and cbs run on both."
-    )
+    raise token_level_error(getattr(policy, "backend", type(policy).__name__), method, why)
 
 
 class TokenState:

@@ -6,8 +6,14 @@
     sp-prm decode --config recipes/decode/args_rear_smollm2.yaml     # ARGS-greedy; also cbs_*, cards_* recipes
     sp-prm decode --config recipes/decode/bon_rear_smollm2_vllm.yaml [--policy.vllm.url http://host:8000]
 
+Searches are the entries of ``decoding.search.SEARCHES``; each has its own params block::
+
+    search: {method: cards, max_new_tokens: 128, cards: {tau_u: 7.0, max_segment_tokens: 32}}
+    --search.method args --search.args.k 10 --search.args.w_units spread
+
 Backends (``policy.backend``): ``hf`` runs every search and scorer; ``vllm`` (in-process
-``vllm.LLM`` or a server URL) runs best_of_n, dvts and cbs with the rear and rm: scorers.
+``vllm.LLM`` or a server URL) runs the sequence-level searches (best_of_n, dvts, cbs, pruned_bon)
+with the rear and rm: scorers.
 ARGS and CARDS need the next-token distribution at every token and GenRM the one after its
 judge prompt, which an engine does not expose: asking the vllm backend for them is a config error.
 
@@ -21,7 +27,7 @@ Output record (one JSON object per line, in input order within a run)::
     score       float  its aggregated score
     complete    bool   False when a token/step budget cut it (no EOS)
     best_index  int    index of the response among the candidates
-    n           int    number of candidates (search.n; args, cards: 1; cbs: the final beams, search.beam_width)
+    n           int    number of candidates (search.<method>.n; args, cards: 1; cbs: the final beams, <= beam_width)
     candidates  list   [{response, score, complete}] for all n (only with save_candidates)
     search      str    method; scorer: str scorer name
     compute     {policy_tokens_generated, policy_tokens_prefilled, scorer_tokens, scorer_calls,
@@ -48,25 +54,17 @@ from typing import Any
 
 import torch
 
-from decoding.args import ARGS_MODES, args_decode
-from decoding.backend import require_token_level
-from decoding.beam_search import check_beam_args, chunk_beam_search
-from decoding.best_of_n import best_of_n
-from decoding.cards import CardsParams, calibrate_thresholds, cards
-from decoding.dvts import dvts
+from decoding.backend import token_level_error
 from decoding.policy import Policy, SamplingParams
 from decoding.prompts import DataConfig, load_prompts
 from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
+from decoding.search import SEARCHES, SearchConfig
 from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
 from sp_prm.formatting import PrefixFormat
 
-METHODS = ("best_of_n", "dvts", "args", "cbs", "cards")
-
-
+METHODS = tuple(SEARCHES)
 BACKENDS = ("hf", "vllm")
-# Searches that read the next-token distribution at every token: HF backend only.
-TOKEN_LEVEL_METHODS = ("args", "cards")
 
 
 @dataclass
@@ -146,77 +144,6 @@ class ScorerConfig:
 
 
 @dataclass
-class SearchConfig:
-    """Which search and its budget."""
-
-    method: str = field(default="best_of_n", metadata={"help": f"One of {METHODS}."})
-    n: int = field(default=8, metadata={"help": "Completions per prompt (BoN N; DVTS total = subtrees x width; "
-                                         "ignored by args/cards (1 response) and cbs (beam_width beams))."})
-    width: int = field(default=4, metadata={"help": "DVTS: children per subtree per step (n / width subtrees)."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Token budget per response."})
-    max_steps: int = field(default=16, metadata={"help": "DVTS: step budget."})
-    max_step_tokens: int = field(default=64, metadata={"help": "DVTS: token cap of one step."})
-    delimiter: str = field(default="\n", metadata={"help": "DVTS: text that ends a step (default: line break)."})
-    finish_last_step: bool = field(default=True, metadata={"help": "DVTS: the last step samples to the end."})
-    args_k: int = field(default=30, metadata={"help": "ARGS: top-k next tokens scored per step (paper: 30)."})
-    args_w: float = field(default=1.5, metadata={"help": "ARGS: reward weight w in log pi + w * r (paper: 1.5)."})
-    args_mode: str = field(default="greedy", metadata={"help": f"ARGS: one of {ARGS_MODES}; sample uses "
-                                                                "sampling.temperature."})
-    beam_width: int = field(default=8, metadata={"help": "CBS/TBS: beams kept per round W (paper: 8)."})
-    successors: int = field(default=8, metadata={"help": "CBS/TBS: successors per beam K (paper: 8)."})
-    chunk_length: int | None = field(
-        default=30, metadata={"help": "CBS: chunk length L (paper: 30); 1 = TBS; null = whole responses."})
-    cards_tau_u: float = field(default=7.0, metadata={"help": "CARDS: segment ends when next-token entropy "
-                                                               "(nats) reaches this (paper: 7.0)."})
-    cards_r_start: float | None = field(
-        default=None, metadata={"help": "CARDS: reward threshold at length 0 (RM units); null: calibrate "
-                                          "on the run's first pending prompts (set both for resumable runs)."})
-    cards_r_end: float | None = field(
-        default=None, metadata={"help": "CARDS: threshold at max_new_tokens (rises linearly); null: calibrate."})
-    cards_acceptance: str = field(default="hard", metadata={"help": "CARDS: hard | soft (exp((r - thr) / beta))."})
-    cards_beta: float = field(default=1.0, metadata={"help": "CARDS: soft-acceptance temperature."})
-    cards_max_rejections: int = field(default=4, metadata={"help": "CARDS: rejections before the best is kept."})
-    cards_max_segment_tokens: int = field(default=64, metadata={"help": "CARDS: token cap of one segment."})
-    cards_calibration_prompts: int = field(
-        default=4, metadata={"help": "CARDS: prompts (from the run's first) sampled to calibrate null thresholds."})
-    cards_calibration_quantile: float = field(
-        default=0.5, metadata={"help": "CARDS: quantile of the RM's scores used as the calibrated thresholds."})
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"search.method must be one of {METHODS}, got {self.method!r}")
-        if self.n < 1:
-            raise ValueError(f"search.n must be >= 1, got {self.n}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"search.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.method == "dvts":
-            if self.width < 1 or self.n % self.width:
-                raise ValueError(f"search.n={self.n} must be a positive multiple of search.width={self.width}")
-            if self.max_steps < 1 or self.max_step_tokens < 1:
-                raise ValueError("search.max_steps and search.max_step_tokens must be >= 1")
-            if not self.delimiter:
-                raise ValueError("search.delimiter must be non-empty for dvts")
-        if self.method == "args":
-            if self.args_k < 1:
-                raise ValueError(f"search.args_k must be >= 1, got {self.args_k}")
-            if self.args_mode not in ARGS_MODES:
-                raise ValueError(f"search.args_mode must be one of {ARGS_MODES}, got {self.args_mode!r}")
-        if self.method == "cards":
-            self.cards_params(0.0, 0.0)  # validates
-            if self.cards_calibration_prompts < 1 or not 0 <= self.cards_calibration_quantile <= 1:
-                raise ValueError("search.cards_calibration_prompts must be >= 1 and the quantile in [0, 1]")
-        if self.method == "cbs":
-            try:
-                check_beam_args(self.beam_width, self.successors, self.chunk_length, self.max_new_tokens)
-            except ValueError as e:
-                raise ValueError(f"search (beam_width, successors, chunk_length): {e}") from None
-
-    def cards_params(self, r_start: float, r_end: float) -> CardsParams:
-        return CardsParams(self.cards_tau_u, r_start, r_end, self.cards_acceptance, self.cards_beta,
-                           self.cards_max_rejections, self.cards_max_segment_tokens)
-
-
-@dataclass
 class DecodeConfig:
     """Reward-guided decoding of a prompt set (REAR / GenRM / RM scorers; Best-of-N, DVTS, ARGS, CBS/TBS, CARDS)."""
 
@@ -236,17 +163,12 @@ class DecodeConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.policy.backend != "hf":
-            if self.search.method in TOKEN_LEVEL_METHODS:
-                require_token_level(_NoTokenLevel(self.policy.backend), self.search.method)
+            entry = SEARCHES[self.search.method]
+            if entry.token_level:
+                raise token_level_error(self.policy.backend, self.search.method, entry.why)
             if self.scorer.name == "genrm":
                 raise ValueError(f"scorer.name=genrm needs policy.backend: hf (it reads the next-token distribution "
                                  f"after its judge prompt, which the {self.policy.backend} backend does not expose)")
-
-
-@dataclass
-class _NoTokenLevel:
-    backend: str
-    token_level: bool = False
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -268,7 +190,7 @@ def build_policy(cfg: DecodeConfig, meter: Meter) -> Any:
     model = AutoModelForCausalLM.from_pretrained(
         resolve(cfg.policy.model), dtype=_dtype(cfg.policy.dtype), trust_remote_code=cfg.policy.trust_remote_code
     ).to(device)
-    return Policy(model, tokenizer, delimiter=cfg.search.delimiter, meter=meter)
+    return Policy(model, tokenizer, delimiter=cfg.search.dvts.delimiter, meter=meter)
 
 
 def build_vllm_policy(cfg: DecodeConfig, meter: Meter) -> Any:
@@ -299,7 +221,7 @@ def build_vllm_policy(cfg: DecodeConfig, meter: Meter) -> Any:
     except (OSError, ValueError):
         gen_eos = None
     gen_eos = [] if gen_eos is None else ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos))
-    return VllmPolicy(engine, tokenizer, delimiter=cfg.search.delimiter, meter=meter, generation_eos=gen_eos,
+    return VllmPolicy(engine, tokenizer, delimiter=cfg.search.dvts.delimiter, meter=meter, generation_eos=gen_eos,
                       check_tokenizer=vc.check_tokenizer)
 
 
@@ -354,26 +276,27 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
     meter = meter or (policy.meter if policy is not None else Meter())
     policy = policy or build_policy(cfg, meter)
     policy.meter = meter
-    policy.delimiter = cfg.search.delimiter
+    policy.delimiter = cfg.search.dvts.delimiter
     scorer = scorer or build_scorer(cfg, policy, meter)
     scorer.meter = meter
     if hasattr(scorer, "cache") and hasattr(scorer.cache, "meter"):
         scorer.cache.meter = meter
     if getattr(scorer, "prefix_cache", None) is not None:
         scorer.prefix_cache.meter = meter
-    search = cfg.search
-    cards_cfg = None
-    if search.method == "cards" and todo:
-        r_start, r_end = search.cards_r_start, search.cards_r_end
-        if r_start is None or r_end is None:
-            # Negative accounting groups: the calibration's compute is not charged to any record.
-            few = [dataclasses.replace(p, index=-1 - i) for i, p in enumerate(todo[: search.cards_calibration_prompts])]
-            cal = calibrate_thresholds(policy, scorer, few, n=4, max_new_tokens=search.max_new_tokens,
-                                       quantile=search.cards_calibration_quantile, seed=cfg.seed)
-            r_start = cal[0] if r_start is None else r_start
-            r_end = cal[1] if r_end is None else r_end
-            print(f"cards: calibrated thresholds r_start={r_start:.4f}, r_end={r_end:.4f}", file=sys.stderr)
-        cards_cfg = search.cards_params(r_start, r_end)
+    method, entry = cfg.search.method, SEARCHES[cfg.search.method]
+    params = cfg.search.params
+    if entry.prepare is not None and todo:
+        calibration = todo
+        if getattr(params, "calibration_data", None):
+            calibration = load_prompts(dataclasses.replace(cfg.data, path=params.calibration_data, limit=None))
+        prepared = entry.prepare(policy, scorer, calibration, params, cfg.sampling, cfg.search.max_new_tokens,
+                                 cfg.seed)
+        if prepared != params:
+            changed = {f.name: getattr(prepared, f.name) for f in dataclasses.fields(prepared)
+                       if getattr(prepared, f.name) != getattr(params, f.name)}
+            print(f"{method}: calibrated thresholds " + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()), file=sys.stderr)
+        params = prepared
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -383,24 +306,8 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start: start + cfg.batch_size]
             t0 = time.perf_counter()
-            if search.method == "best_of_n":
-                results = best_of_n(policy, scorer, batch, search.n, cfg.sampling, search.max_new_tokens,
-                                    cfg.seed, cfg.scorer.aggregation)
-            elif search.method == "args":
-                results = args_decode(policy, scorer, batch, search.args_k, search.args_w, search.max_new_tokens,
-                                      search.args_mode, cfg.sampling.temperature, cfg.seed, cfg.scorer.aggregation)
-            elif search.method == "cbs":
-                results = chunk_beam_search(policy, scorer, batch, search.beam_width, search.successors,
-                                            search.chunk_length, cfg.sampling, search.max_new_tokens, cfg.seed,
-                                            cfg.scorer.aggregation)
-            elif search.method == "cards":
-                assert cards_cfg is not None
-                results = cards(policy, scorer, batch, cards_cfg, cfg.sampling, search.max_new_tokens, cfg.seed,
+            results = entry.run(policy, scorer, batch, params, cfg.sampling, cfg.search.max_new_tokens, cfg.seed,
                                 cfg.scorer.aggregation)
-            else:
-                results = dvts(policy, scorer, batch, search.n, search.width, cfg.sampling, search.max_new_tokens,
-                               search.max_steps, search.max_step_tokens, cfg.seed, cfg.scorer.aggregation,
-                               search.finish_last_step)
             seconds = (time.perf_counter() - t0) / len(batch)
             for r in results:
                 best = r.best_candidate
@@ -408,7 +315,7 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
                     "id": r.prompt.id, "prompt": r.prompt.question, "preference": r.prompt.preference,
                     "messages": r.prompt.messages, "response": policy.decode(best.token_ids), "score": best.score,
                     "complete": best.complete, "best_index": r.best, "n": len(r.candidates),
-                    "search": search.method, "scorer": cfg.scorer.name,
+                    "search": method, "scorer": cfg.scorer.name,
                 }
                 if cfg.save_candidates:
                     record["candidates"] = [

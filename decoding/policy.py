@@ -18,7 +18,7 @@ filtering) in the sampling context: what REAR and likelihood scoring need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,7 @@ class Sample:
     end_logprobs: list[float] = field(default_factory=list)
     delimiter: bool = False  # ended after a token containing the step delimiter
     budget: bool = False  # ended because the token budget ran out
+    boundary: bool = False  # ended by the ``stop_before`` condition (the next token opens a new segment)
 
 
 class PolicyState(KVState):
@@ -171,7 +172,7 @@ class Policy:
         gen_eos = getattr(getattr(inner, "generation_config", None), "eos_token_id", None)
         self.stop_ids, self.pad_id = stop_and_pad_ids(tokenizer, stop_token_ids, gen_eos)
         self.delimiter = delimiter
-        self._delimiter_mask: torch.Tensor | None = None
+        self._delimiter_masks: dict[str, torch.Tensor] = {}
         self.meter = meter or Meter()
 
     @property
@@ -191,10 +192,11 @@ class Policy:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def delimiter_mask(self) -> torch.Tensor:
-        """``[V]`` bool: tokens whose text contains the step delimiter (computed once)."""
-        if self._delimiter_mask is None:
-            self._delimiter_mask = delimiter_token_mask(self.tokenizer, self.delimiter, self.vocab_size)
-        return self._delimiter_mask
+        """``[V]`` bool: tokens whose text contains the step delimiter (computed once per delimiter)."""
+        if self.delimiter not in self._delimiter_masks:
+            self._delimiter_masks[self.delimiter] = delimiter_token_mask(self.tokenizer, self.delimiter,
+                                                                         self.vocab_size)
+        return self._delimiter_masks[self.delimiter]
 
     # -- model calls ---------------------------------------------------------------------------------
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -244,6 +246,41 @@ class Policy:
         return out
 
     @torch.no_grad()
+    def step(self, state: PolicyState, tokens: Sequence[int | None]) -> None:
+        """Feed one generated token per row (``None``: feed nothing) and refresh its ``next_logprobs``.
+
+        The per-token step of every search: ``sample`` loops over it, and token-level searches
+        (ARGS) call it with the tokens they chose. Accounting of generated tokens is the caller's
+        (it knows which rows drew a token, including rows that drew a stop token and feed nothing).
+        """
+        fed = [i for i, t in enumerate(tokens) if t is not None]
+        if not fed:
+            return
+        feed = [[int(t)] if t is not None else [] for t in tokens]
+        hidden, _ = state.forward(self.backbone, feed, self.pad_id)
+        fed_t = torch.as_tensor(fed, device=hidden.device)
+        nl = state.next_logprobs.clone()
+        nl[fed_t] = self.logits(hidden[fed_t, 0]).log_softmax(-1)
+        state.next_logprobs = nl
+
+    @staticmethod
+    def row_uniforms(seeds: Sequence[int], count: int, offsets: Sequence[int] | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[rows, count]`` float64 uniforms in [0, 1): row ``i``'s stream depends on ``seeds[i]`` alone.
+
+        The one seeded per-row randomness of the HF backend. ``offsets[i]`` skips the first draws of
+        row ``i``'s stream, so a candidate sampled in several calls (pruned Best-of-N's checkpoints)
+        draws exactly the uniforms one uninterrupted call would have.
+        """
+        offsets = [0] * len(seeds) if offsets is None else [int(o) for o in offsets]
+        if not len(seeds):
+            return torch.zeros(0, count, dtype=torch.float64, device=device)
+        return torch.stack([
+            torch.rand(o + count, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)[o:]
+            for s, o in zip(seeds, offsets)
+        ]).to(device)
+
+    @torch.no_grad()
     def sample(
         self,
         state: PolicyState,
@@ -252,6 +289,8 @@ class Policy:
         max_tokens: int | Sequence[int],
         stop_at_delimiter: bool = False,
         feed_final: bool = True,
+        stop_before: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> list[Sample]:
         """Sample a continuation for every row of ``state`` (updated in place).
 
@@ -262,6 +301,11 @@ class Policy:
             feed_final: also run the last sampled token of rows that stopped on a
                 delimiter or budget, so the state can be continued (DVTS); a search
                 that never continues (Best-of-N) saves that step with ``False``.
+            stop_before: a stop condition on the next-token distribution: given ``next_logprobs``
+                ``[rows, V]`` it returns ``[rows]`` bool; a row that already drew a token in this
+                call stops *before* drawing another where it is true (``Sample.boundary``; CARDS'
+                entropy segments). Its last token is fed, so the row continues from there.
+            offsets: where each row's uniform stream starts (``row_uniforms``); default 0.
         """
         rows = len(state)
         if len(seeds) != rows:
@@ -273,11 +317,7 @@ class Policy:
             for s in samples:
                 s.budget = True
             return samples
-        device = state.next_logprobs.device
-        uniforms = torch.stack([
-            torch.rand(horizon, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
-            for s in seeds
-        ]).to(device)
+        uniforms = self.row_uniforms(seeds, horizon, offsets, state.next_logprobs.device)
         stop = torch.zeros(self.vocab_size, dtype=torch.bool)
         stop[self.stop_ids] = True
         delim = self.delimiter_mask() if stop_at_delimiter else torch.zeros_like(stop)
@@ -286,13 +326,18 @@ class Policy:
             if b <= 0:
                 samples[i].budget = True
         for t in range(horizon):
+            if t and stop_before is not None:
+                halt = stop_before(state.next_logprobs).tolist()
+                for i in range(rows):
+                    if active[i] and halt[i]:
+                        samples[i].boundary, active[i] = True, False
             act_idx = [i for i in range(rows) if active[i]]
             if not act_idx:
                 break
             tok = choose_tokens(state.next_logprobs, uniforms[:, t], params)
             chosen_lp = state.next_logprobs.gather(1, tok[:, None]).squeeze(1)
             tok_l, lp_l = tok.tolist(), chosen_lp.tolist()
-            feed: list[list[int]] = [[] for _ in range(rows)]
+            feed: list[int | None] = [None] * rows
             for i in act_idx:
                 s, x = samples[i], tok_l[i]
                 if stop[x]:
@@ -306,14 +351,8 @@ class Policy:
                 elif len(s.token_ids) >= budgets[i]:
                     s.budget, active[i] = True, False
                 if active[i] or feed_final:
-                    feed[i] = [x]
-            fed = [i for i in range(rows) if feed[i]]
-            if fed:
-                hidden, _ = state.forward(self.backbone, feed, self.pad_id)
-                fed_t = torch.as_tensor(fed, device=hidden.device)
-                nl = state.next_logprobs.clone()
-                nl[fed_t] = self.logits(hidden[fed_t, 0]).log_softmax(-1)
-                state.next_logprobs = nl
+                    feed[i] = x
+            self.step(state, feed)
             self.meter.add("policy_tokens_generated", [state.groups[i] for i in act_idx])
         return samples
 

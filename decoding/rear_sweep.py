@@ -10,7 +10,7 @@ REAR's score of a response is a linear mix of two sums of log-probs of its token
 Best-of-N samples its candidates from the full context with seeds that do not
 depend on the scorer, so the candidates are the same for every lambda and only
 the selection changes. :func:`best_of_n_terms` samples the N candidates once
-(through :func:`decoding.best_of_n.best_of_n` itself) and keeps ``A``, ``B`` and
+(through :func:`decoding.search.best_of_n.best_of_n` itself) and keeps ``A``, ``B`` and
 the number of summed tokens of each; :func:`select` then picks the candidate for
 any lambda, with or without length normalisation (``S / tokens``), exactly as
 ``best_of_n(policy, RearScorer(policy, lam, length_normalize=...), ...)`` would:
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from decoding.best_of_n import best_of_n
-from decoding.core import Candidate, argmax
 from decoding.policy import Policy, SamplingParams
 from decoding.scorers import RearScorer, rear_combine
+from decoding.search.best_of_n import best_of_n
+from decoding.search.core import Candidate, argmax
 from decoding.types import Meter, Partial, Prompt
 
 

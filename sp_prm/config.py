@@ -40,9 +40,12 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise TypeError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     aliases: dict[str, str] = getattr(cls, "key_aliases", lambda: {})()
+    moved: dict[str, str] = getattr(cls, "moved_keys", lambda: {})()  # retired keys -> their new place
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         key = aliases.get(key, key)
+        if key not in fields and key in moved:
+            raise KeyError(f"config key {where + key!r} has moved: use {moved[key]}")
         if key not in fields:
             raise KeyError(
                 f"unknown config key {where + key!r} for {cls.__name__}; known keys: {sorted(fields)}"

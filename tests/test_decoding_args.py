@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding.args import args_decode
 from decoding.policy import Policy
 from decoding.scorers import RearScorer, RewardModelScorer
+from decoding.search.args import args_decode
 from decoding.types import Partial, Prompt, candidate_seed
 
 PROMPTS = [
@@ -32,7 +32,8 @@ def policy(tiny_llama_lm, smollm_tokenizer):
 
 
 @torch.no_grad()
-def naive_args(lm, rm, tokenizer, scorer, prompt, k, w, T, mode="greedy", temperature=1.0, seed=0, stop=()):
+def naive_args(lm, rm, tokenizer, scorer, prompt, k, w, T, mode="greedy", temperature=1.0, seed=0, stop=(),
+               spread=False):
     """Algorithm 2 written plainly: full LM forward per token, a full RM forward per candidate.
 
     Only ``scorer.sequence`` (the RM's text -> ids formatting, no model call) is shared with the
@@ -44,14 +45,18 @@ def naive_args(lm, rm, tokenizer, scorer, prompt, k, w, T, mode="greedy", temper
     for t in range(T):
         lp = lm(input_ids=torch.tensor([ctx + resp])).logits[0, -1].float().log_softmax(-1)
         vals, ids = lp.topk(k)
-        scores = []
-        for v, tok in zip(vals.tolist(), ids.tolist()):
+        rs = []
+        for tok in ids.tolist():
             done = tok in stop
             ids_c = resp if done else resp + [tok]
             part = Partial(tokenizer.decode(ids_c, skip_special_tokens=True), ids_c, done, [tok] if done else [])
             seq = scorer.sequence(prompt, part)
-            r = float(rm(input_ids=torch.tensor([seq])).logits[0, 0])
-            scores.append(v + w * r)
+            rs.append(float(rm(input_ids=torch.tensor([seq])).logits[0, 0]))
+        if spread:  # w in units of this step's reward spread: r / (population std of the k rewards)
+            mean = sum(rs) / k
+            std = (sum((r - mean) ** 2 for r in rs) / k) ** 0.5
+            rs = [r / std if std > 0 else 0.0 for r in rs]
+        scores = [v + w * r for v, r in zip(vals.tolist(), rs)]
         if mode == "greedy":
             j = max(range(k), key=lambda i: (scores[i], -i))
         else:
@@ -92,6 +97,24 @@ def test_args_greedy_equals_naive_reference(policy, tiny_llama_lm, tiny_llama_rm
     full = sum(len(scorer.sequence(PROMPTS[0], Partial(policy.decode(c.token_ids[:t]), c.token_ids[:t])))
                for t in range(1, T + 1)) * k
     assert scorer.meter.for_group(0)["scorer_tokens"] < full / 3
+
+
+def test_args_spread_units_equal_naive_reference(policy, tiny_llama_lm, tiny_llama_rm, smollm_tokenizer):
+    """w_units=spread: log pi + w * r / std_k(r) per step, against the plain recompute; and it is a real change."""
+    from decoding.search.args import reward_term
+
+    r = torch.tensor([[1.0, 3.0, 5.0], [2.0, 2.0, 2.0]])
+    std = (8.0 / 3) ** 0.5  # population std of 1, 3, 5
+    torch.testing.assert_close(reward_term(r, 2.0, "spread"), torch.tensor([[2 / std, 6 / std, 10 / std], [0.0] * 3]))
+    torch.testing.assert_close(reward_term(r, 2.0, "raw"), 2.0 * r)
+    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    res = args_decode(policy, scorer, PROMPTS, k=6, w=0.05, max_new_tokens=10, w_units="spread")
+    for one in res:
+        ref = naive_args(tiny_llama_lm, tiny_llama_rm, smollm_tokenizer, scorer, one.prompt, 6, 0.05, 10,
+                         stop=policy.stop_ids, spread=True)
+        assert one.best_candidate.token_ids == ref
+    raw = args_decode(policy, scorer, PROMPTS, k=6, w=0.05, max_new_tokens=10)  # raw units: r barely matters
+    assert any(a.best_candidate.token_ids != b.best_candidate.token_ids for a, b in zip(res, raw))
 
 
 def test_args_zero_weight_is_greedy_decoding(policy, tiny_llama_lm, tiny_llama_rm, smollm_tokenizer):
@@ -167,7 +190,7 @@ def test_real_smollm2_recipes_end_to_end(tmp_path, recipe):
     out = tmp_path / "o.jsonl"
     path = Path(__file__).resolve().parents[1] / "recipes" / "decode" / recipe
     cfg = load_config(DecodeConfig, ["--config", str(path), "--output", str(out), "--search.max_new_tokens", "12",
-                                     "--search.args_k", "5", "--search.beam_width", "2", "--search.successors", "2",
+                                     "--search.args.k", "5", "--search.cbs.beam_width", "2", "--search.cbs.successors", "2",
                                      "--data.limit", "1", "--progress", "false"])
     run(cfg)
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]

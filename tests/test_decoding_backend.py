@@ -15,15 +15,15 @@ import socket
 import pytest
 import torch
 
-from decoding.args import args_decode
 from decoding.backend import TokenState, require_token_level
-from decoding.beam_search import chunk_beam_search
-from decoding.best_of_n import best_of_n
-from decoding.cards import CardsParams, cards
 from decoding.decode import DecodeConfig
-from decoding.dvts import dvts
 from decoding.policy import Policy, SamplingParams
 from decoding.scorers import GenRMScorer, RearScorer
+from decoding.search.args import args_decode
+from decoding.search.best_of_n import best_of_n
+from decoding.search.cards import CardsParams, cards
+from decoding.search.cbs import chunk_beam_search
+from decoding.search.dvts import dvts
 from decoding.types import Partial
 from decoding.vllm_policy import EngineError, EngineResult, ServerEngine, VllmPolicy
 from sp_prm.config import build

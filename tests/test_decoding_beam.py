@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding.beam_search import chunk_beam_search, rank_top
-from decoding.best_of_n import best_of_n
 from decoding.policy import Policy, SamplingParams
 from decoding.scorers import RearScorer, RewardModelScorer
+from decoding.search.best_of_n import best_of_n
+from decoding.search.cbs import chunk_beam_search, rank_top
 from decoding.types import Partial, Prompt, candidate_seed
 
 PROMPTS = [
@@ -144,8 +144,9 @@ def test_decode_dispatches_args_and_cbs(tmp_path, policy, tiny_llama_rm, smollm_
 
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps({"id": f"r{i}", "question": f"Question {i}?"}) + "\n" for i in range(3)))
-    for search, n in [({"method": "args", "args_k": 3, "max_new_tokens": 4}, 1),
-                      ({"method": "cbs", "beam_width": 2, "successors": 2, "chunk_length": 2, "max_new_tokens": 4}, 2)]:
+    for search, n in [({"method": "args", "args": {"k": 3}, "max_new_tokens": 4}, 1),
+                      ({"method": "cbs", "cbs": {"beam_width": 2, "successors": 2, "chunk_length": 2},
+                        "max_new_tokens": 4}, 2)]:
         out = tmp_path / f"{search['method']}.jsonl"
         cfg = build(DecodeConfig, {"data": {"path": str(data)}, "output": str(out), "batch_size": 2,
                                    "progress": False, "search": search, "scorer": {"name": "rm:unused"}})
@@ -158,9 +159,9 @@ def test_decode_dispatches_args_and_cbs(tmp_path, policy, tiny_llama_rm, smollm_
             comp = r["compute"]
             assert comp["policy_tokens_generated"] == (4 if n == 1 else 2 * 2 * 4)  # no EOS from a random model
             assert comp["scorer_calls"] == (4 if n == 1 else 2) and comp["scorer_tokens"] > 0
-    for argv, match in [(["--search.method", "cbs", "--search.successors", "0"], "W \\* K >= 1"),
-                        (["--search.method", "cbs", "--search.chunk_length", "0"], "chunk length"),
-                        (["--search.method", "args", "--search.args_k", "0"], "args_k"),
-                        (["--search.method", "args", "--search.args_mode", "nucleus"], "args_mode")]:
+    for argv, match in [(["--search.method", "cbs", "--search.cbs.successors", "0"], "W \\* K >= 1"),
+                        (["--search.method", "cbs", "--search.cbs.chunk_length", "0"], "chunk length"),
+                        (["--search.method", "args", "--search.args.k", "0"], "search.args.k"),
+                        (["--search.method", "args", "--search.args.mode", "nucleus"], "search.args.mode")]:
         with pytest.raises(ValueError, match=match):
             load_config(DecodeConfig, argv)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from decoding.cards import CardsParams, calibrate_thresholds, cards, entropy
 from decoding.policy import Policy, SamplingParams, choose_tokens
 from decoding.scorers import RewardModelScorer
+from decoding.search.cards import CardsParams, calibrate_thresholds, cards, entropy
 from decoding.types import Meter, Partial, Prompt, candidate_seed
 
 PROMPTS = [
@@ -162,8 +163,9 @@ def test_decode_runs_cards_with_calibration(tmp_path, policy, tiny_llama_rm, smo
     out = tmp_path / "o.jsonl"
     cfg = build(DecodeConfig, {"data": {"path": str(data)}, "output": str(out), "progress": False,
                                "scorer": {"name": "rm:unused"},
-                               "search": {"method": "cards", "cards_tau_u": 10.0, "cards_max_segment_tokens": 3,
-                                          "cards_calibration_prompts": 2, "max_new_tokens": 6}})
+                               "search": {"method": "cards", "max_new_tokens": 6,
+                                          "cards": {"tau_u": 10.0, "max_segment_tokens": 3,
+                                                    "calibration_prompts": 2}}})
     meter = Meter()
     run(cfg, policy=policy, scorer=RewardModelScorer(tiny_llama_rm, smollm_tokenizer), meter=meter)
     assert "calibrated thresholds" in capsys.readouterr().err
@@ -174,4 +176,45 @@ def test_decode_runs_cards_with_calibration(tmp_path, policy, tiny_llama_rm, smo
     for r in recs:
         assert r["compute"]["policy_tokens_generated"] >= 6 and r["compute"]["scorer_calls"] >= 2
     with pytest.raises(ValueError, match="acceptance"):
-        load_config(DecodeConfig, ["--search.method", "cards", "--search.cards_acceptance", "maybe"])
+        load_config(DecodeConfig, ["--search.method", "cards", "--search.cards.acceptance", "maybe"])
+
+
+@torch.no_grad()
+def test_tau_u_quantile_calibrates_on_the_policys_entropies(policy, tiny_llama_lm, tiny_llama_rm, smollm_tokenizer):
+    """tau_u_quantile: the quantile of the entropies every sampled token was drawn from (checked against full
+    forwards of the Best-of-N samples), and with it CARDS really cuts responses into several segments."""
+    from decoding.search.best_of_n import best_of_n
+    from decoding.search.cards import calibrate_tau_u, prepare, sampled_entropies
+
+    params, T = SamplingParams(), 10
+    got = sampled_entropies(policy, PROMPTS, 3, params, T, seed=2)
+    scorer = RewardModelScorer(tiny_llama_rm, smollm_tokenizer)
+    ref = []
+    for r in best_of_n(policy, scorer, PROMPTS, 3, params, T, seed=2):
+        ctx = policy.encode(r.prompt.messages)
+        for c in r.candidates:
+            seq = ctx + c.token_ids + c.end_ids
+            lp = tiny_llama_lm(input_ids=torch.tensor([seq])).logits[0].float().log_softmax(-1)
+            ref += entropy(lp[len(ctx) - 1: len(seq) - 1]).tolist()
+    assert got == pytest.approx(ref, abs=1e-3)
+    tau = calibrate_tau_u(policy, PROMPTS, 0.5, n=3, params=params, max_new_tokens=T, seed=2)
+    assert tau == pytest.approx(float(torch.quantile(torch.tensor(ref, dtype=torch.float64), 0.5)), abs=1e-3)
+
+    cp = prepare(policy, scorer, PROMPTS, CardsParams(tau_u=1e3, r_start=-1e9, r_end=-1e9, max_segment_tokens=T,
+                                                      tau_u_quantile=0.5), params, T, seed=2)
+    assert cp.tau_u_quantile is None and cp.tau_u == pytest.approx(calibrate_tau_u(policy, PROMPTS[:4], 0.5, 4,
+                                                                                   params, T, seed=2))
+    cut = cards(policy, scorer, PROMPTS, cp, params, T, seed=2)
+    whole = cards(policy, scorer, PROMPTS, dataclasses.replace(cp, tau_u=1e3), params, T, seed=2)
+    assert all(len(r.best_candidate.step_ends) == 1 for r in whole)  # never high enough: one segment
+    assert all(len(r.best_candidate.step_ends) >= 2 for r in cut)  # the median: about every other token cuts
+
+
+def test_cards_old_flat_keys_name_the_new_ones():
+    from decoding.decode import DecodeConfig
+    from sp_prm.config import load_config
+
+    for old, new in [("cards_tau_u", "search.cards.tau_u"), ("args_k", "search.args.k"),
+                     ("n", "search.best_of_n.n or search.dvts.n"), ("beam_width", "search.cbs.beam_width")]:
+        with pytest.raises(KeyError, match=f"'search.{old}' has moved: use {new}"):
+            load_config(DecodeConfig, [f"--search.{old}", "3"])

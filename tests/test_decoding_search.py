@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from decoding.best_of_n import best_of_n
 from decoding.decode import DecodeConfig, run
-from decoding.dvts import dvts
 from decoding.policy import Policy, SamplingParams
 from decoding.prompts import DataConfig, load_prompts
 from decoding.scorers import RearScorer, RewardModelScorer
+from decoding.search import SEARCHES
+from decoding.search.best_of_n import best_of_n
+from decoding.search.dvts import dvts
 from decoding.types import Prompt
 from sp_prm.config import build, load_config
 
@@ -114,7 +115,7 @@ def test_decode_run_resume_and_records(tmp_path, policy):
     write_jsonl(data, [{"id": f"r{i}", "question": f"Question {i}?", "preference": "Be brief."} for i in range(3)])
     out = tmp_path / "out.jsonl"
     cfg = build(DecodeConfig, {"data": {"path": str(data)}, "output": str(out), "batch_size": 2, "progress": False,
-                               "search": {"n": 3, "max_new_tokens": 6}, "scorer": {"lam": 4.0}})
+                               "search": {"best_of_n": {"n": 3}, "max_new_tokens": 6}, "scorer": {"lam": 4.0}})
     run(cfg, policy=policy, scorer=RearScorer(policy, 4.0))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["id"] for x in lines] == ["r0", "r1", "r2"]
@@ -154,9 +155,9 @@ def test_bad_inputs_name_record_or_option(tmp_path):
                                                {"role": "user", "content": "Suggest music."}]}])
     (p,) = load_prompts(DataConfig(path=str(data)), require_preference=True)
     assert len(p.messages) == 3 and [m["content"] for m in p.question_messages] == ["Noted.", "Suggest music."]
-    for argv, match in [(["--scorer.lam", "-1"], "lam"), (["--search.n", "0"], "search.n"),
+    for argv, match in [(["--scorer.lam", "-1"], "lam"), (["--search.best_of_n.n", "0"], "search.best_of_n.n"),
                         (["--search.method", "beam"], "search.method"), (["--scorer.name", "orm"], "scorer.name"),
-                        (["--search.method", "dvts", "--search.n", "6", "--search.width", "4"], "multiple"),
+                        (["--search.method", "dvts", "--search.dvts.n", "6", "--search.dvts.width", "4"], "multiple"),
                         (["--scorer.aggregation", "max"], "aggregation")]:
         with pytest.raises(ValueError, match=match):
             load_config(DecodeConfig, argv)
@@ -165,7 +166,8 @@ def test_bad_inputs_name_record_or_option(tmp_path):
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "decode").glob("*.yaml")), ids=lambda p: p.name)
 def test_recipes_parse(recipe):
     cfg = load_config(DecodeConfig, ["--config", str(recipe)])
-    assert cfg.policy.model and cfg.search.n >= 1
+    assert cfg.policy.model and cfg.search.method in SEARCHES
+    assert cfg.search.params == getattr(cfg.search, cfg.search.method)
     assert yaml.safe_load(recipe.read_text())
 
 
@@ -179,7 +181,7 @@ def test_default_config_is_the_embedded_recipe():
 @pytest.mark.slow
 def test_smollm2_rear_bon_end_to_end(tmp_path):
     out = tmp_path / "o.jsonl"
-    cfg = load_config(DecodeConfig, ["--output", str(out), "--search.n", "4", "--search.max_new_tokens", "48",
+    cfg = load_config(DecodeConfig, ["--output", str(out), "--search.best_of_n.n", "4", "--search.max_new_tokens", "48",
                                      "--data.limit", "2", "--progress", "false"])
     run(cfg)
     recs = [json.loads(x) for x in out.read_text().splitlines()]

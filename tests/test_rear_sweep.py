@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from decoding.best_of_n import best_of_n
-from decoding.dvts import dvts
 from decoding.policy import Policy, SamplingParams
 from decoding.rear_sweep import best_of_n_terms, rear_scores, select
 from decoding.scorers import RearScorer
+from decoding.search.best_of_n import best_of_n
+from decoding.search.dvts import dvts
 from decoding.types import Partial
 from tests.test_decoding_search import prompts
 

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm", reason="the vllm tier needs vLLM: bash scripts/install.sh --vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-from decoding.beam_search import chunk_beam_search  # noqa: E402
-from decoding.best_of_n import best_of_n  # noqa: E402
 from decoding.decode import DecodeConfig, run  # noqa: E402
 from decoding.policy import Policy, SamplingParams  # noqa: E402
 from decoding.scorers import RearScorer  # noqa: E402
+from decoding.search.best_of_n import best_of_n  # noqa: E402
+from decoding.search.cbs import chunk_beam_search  # noqa: E402
 from decoding.types import Meter, Partial, Prompt  # noqa: E402
 from decoding.vllm_policy import EngineError, LocalEngine, ServerEngine, VllmPolicy  # noqa: E402
 from sp_prm.config import build  # noqa: E402
@@ -152,7 +152,7 @@ def test_decode_run_on_vllm(tmp_path, policy):
                             for i in range(2)))
     cfg = build(DecodeConfig, {"policy": {"backend": "vllm"}, "data": {"path": str(data)},
                                "output": str(tmp_path / "o.jsonl"), "progress": False,
-                               "search": {"n": 3, "max_new_tokens": 8}, "scorer": {"lam": 4.0}})
+                               "search": {"best_of_n": {"n": 3}, "max_new_tokens": 8}, "scorer": {"lam": 4.0}})
     out = run(cfg, policy=policy)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["n"] for x in lines] == [3, 3]

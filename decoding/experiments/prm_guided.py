@@ -197,12 +197,12 @@ def _out(policy: Any, c: Any) -> dict[str, Any]:
 
 def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
     """Decode every pending prompt into ``output_dir/records.jsonl``; the policy can be passed in (tests)."""
-    from decoding.args import args_decode
-    from decoding.beam_search import chunk_beam_search
-    from decoding.best_of_n import best_of_n
-    from decoding.cards import CardsParams, calibrate_thresholds, cards
     from decoding.metrics.reward import rewards
     from decoding.metrics.text import diversity
+    from decoding.search.args import args_decode
+    from decoding.search.best_of_n import best_of_n
+    from decoding.search.cards import CardsParams, calibrate_thresholds, cards
+    from decoding.search.cbs import chunk_beam_search
 
     set_threads(cfg.threads)
     reported, calibration = select_prompts(cfg)  # fails before anything is written

@@ -175,10 +175,10 @@ def _verify(name: str, text: str) -> bool:
 
 def run(cfg: RearVerifiableConfig, policy: Any = None, embedder: Any = None) -> Path:
     """Decode every pending prompt into ``output_dir/records.jsonl``; models can be passed in (tests)."""
-    from decoding.best_of_n import best_of_n
-    from decoding.dvts import dvts
     from decoding.rear_sweep import best_of_n_terms
     from decoding.scorers import GenRMScorer, RearScorer
+    from decoding.search.best_of_n import best_of_n
+    from decoding.search.dvts import dvts
 
     set_threads(cfg.threads)
     records = [r for r in select_prompts(cfg) if r["split"] in cfg.splits]  # fails before anything is written

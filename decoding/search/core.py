@@ -55,6 +55,18 @@ class Candidate:
         return Candidate(self.prompt, self.subtree, list(self.token_ids), list(self.logprobs), [], [],
                          list(self.step_ends), list(self.prefix_scores), list(self.step_scores))
 
+    def record(self, value: float, additive: bool, aggregation: str) -> None:
+        """Record the scorer's score of this candidate's current prefix; every search books scores here.
+
+        ``prefix_scores`` gets the raw value; ``step_scores`` the increment over the previous prefix
+        for an additive scorer (REAR: the prefix's score is the sum of its steps), else the value;
+        ``score`` is their aggregate.
+        """
+        previous = self.prefix_scores[-1] if (additive and self.prefix_scores) else 0.0
+        self.prefix_scores.append(float(value))
+        self.step_scores.append(float(value) - previous if additive else float(value))
+        self.score = aggregate(self.step_scores, aggregation)
+
     def partial(self, policy: PolicyBackend) -> Partial:
         return Partial(policy.decode(self.token_ids), list(self.token_ids), self.eos, list(self.end_ids),
                        self.logprobs + self.end_logprobs)
@@ -102,10 +114,7 @@ def score(
         return torch.empty(0)
     values = scorer.score([prompts[c.prompt] for c in candidates], [c.partial(policy) for c in candidates])
     for c, v in zip(candidates, values.tolist()):
-        previous = c.prefix_scores[-1] if (scorer.additive and c.prefix_scores) else 0.0
-        c.prefix_scores.append(v)
-        c.step_scores.append(v - previous if scorer.additive else v)
-        c.score = aggregate(c.step_scores, aggregation)
+        c.record(v, scorer.additive, aggregation)
     return values
 
 
@@ -125,3 +134,13 @@ class SearchResult:
 def argmax(scores: Sequence[float]) -> int:
     """Index of the highest score; ties go to the lowest index (deterministic)."""
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def rank_top(scores: Sequence[float], w: int) -> list[int]:
+    """Indices of the ``w`` highest scores, best first; ties to the lower index (deterministic)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:w]
+
+
+def prefill(policy: PolicyBackend, prompts: Sequence[Prompt]) -> SearchState:
+    """One batched prefill of every prompt (row ``i`` = prompt ``i``, accounted to its group)."""
+    return policy.prefill([policy.encode(p.messages) for p in prompts], [p.index for p in prompts])

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from decoding.backend import PolicyBackend
-from decoding.core import Candidate, SearchResult, argmax, expand, score
 from decoding.policy import SamplingParams
 from decoding.scorers import Scorer
+from decoding.search.core import Candidate, SearchResult, argmax, expand, prefill, score
 from decoding.types import Prompt
+
+
+@dataclass
+class BestOfNParams:
+    """Best-of-N: N independent samples per prompt, the best by the scorer."""
+
+    n: int = field(default=8, metadata={"help": "Completions per prompt (N)."})
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"search.best_of_n.n must be >= 1, got {self.n}")
 
 
 def best_of_n(
@@ -33,7 +45,7 @@ def best_of_n(
     if not prompts:
         return []
     aggregation = aggregation or scorer.default_aggregation
-    state = policy.prefill([policy.encode(p.messages) for p in prompts], [p.index for p in prompts])
+    state = prefill(policy, prompts)
     parents = [Candidate(prompt=i) for i in range(len(prompts))]
     _, children = expand(policy, state, parents, prompts, n, params, seed, 0, [max_new_tokens] * len(parents),
                          stop_at_delimiter=False, feed_final=False)
@@ -43,3 +55,10 @@ def best_of_n(
         cands = children[i * n: (i + 1) * n]
         results.append(SearchResult(p, cands, argmax([c.score for c in cands])))
     return results
+
+
+def run(policy: PolicyBackend, scorer: Scorer, prompts: Sequence[Prompt], params: BestOfNParams,
+        sampling: SamplingParams, max_new_tokens: int, seed: int = 0,
+        aggregation: str | None = None) -> list[SearchResult]:
+    """The registry entry (``decoding.search.SEARCHES``): every search's one signature."""
+    return best_of_n(policy, scorer, prompts, params.n, sampling, max_new_tokens, seed, aggregation)

@@ -27,11 +27,12 @@ new chunk tokens through the policy; a decoder scorer scores them through its pr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from decoding.backend import PolicyBackend
-from decoding.core import Candidate, SearchResult, argmax, expand, score
 from decoding.policy import SamplingParams
 from decoding.scorers import Scorer
+from decoding.search.core import Candidate, SearchResult, argmax, expand, prefill, rank_top, score
 from decoding.types import Prompt
 
 
@@ -45,9 +46,20 @@ def check_beam_args(beam_width: int, successors: int, chunk_length: int | None, 
         raise ValueError(f"beam search: max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
-def rank_top(scores: Sequence[float], w: int) -> list[int]:
-    """Indices of the ``w`` highest scores, best first; ties to the lower index (deterministic)."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:w]
+@dataclass
+class CbsParams:
+    """CBS / TBS: W beams, K successors each, chunks of L tokens (L = 1: TBS)."""
+
+    beam_width: int = field(default=8, metadata={"help": "Beams kept per round W (paper: 8)."})
+    successors: int = field(default=8, metadata={"help": "Successors per beam K (paper: 8)."})
+    chunk_length: int | None = field(
+        default=30, metadata={"help": "Chunk length L (paper: 30); 1 = TBS; null = whole responses."})
+
+    def __post_init__(self) -> None:
+        try:
+            check_beam_args(self.beam_width, self.successors, self.chunk_length, 1)
+        except ValueError as e:
+            raise ValueError(f"search.cbs (beam_width, successors, chunk_length): {e}") from None
 
 
 def chunk_beam_search(
@@ -68,7 +80,7 @@ def chunk_beam_search(
         return []
     aggregation = aggregation or scorer.default_aggregation
     W, K = beam_width, successors
-    state = policy.prefill([policy.encode(p.messages) for p in prompts], [p.index for p in prompts])
+    state = prefill(policy, prompts)
     rows = [i for i in range(len(prompts)) for _ in range(W)]
     state = state.select(rows)
     live = [Candidate(prompt=i, subtree=b) for i in range(len(prompts)) for b in range(W)]
@@ -111,3 +123,11 @@ def chunk_beam_search(
         beams = sorted(finished[i], key=lambda c: c.subtree)  # slot order: best first at the last ranking
         results.append(SearchResult(p, beams, argmax([c.score for c in beams])))
     return results
+
+
+def run(policy: PolicyBackend, scorer: Scorer, prompts: Sequence[Prompt], params: CbsParams,
+        sampling: SamplingParams, max_new_tokens: int, seed: int = 0,
+        aggregation: str | None = None) -> list[SearchResult]:
+    """The registry entry (``decoding.search.SEARCHES``)."""
+    return chunk_beam_search(policy, scorer, prompts, params.beam_width, params.successors, params.chunk_length,
+                             sampling, max_new_tokens, seed, aggregation)

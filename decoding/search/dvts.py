@@ -21,12 +21,33 @@ Nothing task-specific (no math answer rule) is built in. The REAR paper's settin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from decoding.backend import PolicyBackend
-from decoding.core import Candidate, SearchResult, argmax, expand, score
 from decoding.policy import SamplingParams
 from decoding.scorers import Scorer
+from decoding.search.core import Candidate, SearchResult, argmax, expand, prefill, score
 from decoding.types import Prompt
+
+
+@dataclass
+class DvtsParams:
+    """DVTS: n / width independent subtrees, each a greedy step-level search."""
+
+    n: int = field(default=8, metadata={"help": "Completions per prompt: subtrees x width."})
+    width: int = field(default=4, metadata={"help": "Children per subtree per step (n / width subtrees)."})
+    max_steps: int = field(default=16, metadata={"help": "Step budget."})
+    max_step_tokens: int = field(default=64, metadata={"help": "Token cap of one step."})
+    delimiter: str = field(default="\n", metadata={"help": "Text that ends a step (default: line break)."})
+    finish_last_step: bool = field(default=True, metadata={"help": "The last step samples to the end."})
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.width < 1 or self.n % self.width:
+            raise ValueError(f"search.dvts.n={self.n} must be a positive multiple of search.dvts.width={self.width}")
+        if self.max_steps < 1 or self.max_step_tokens < 1:
+            raise ValueError("search.dvts.max_steps and search.dvts.max_step_tokens must be >= 1")
+        if not self.delimiter:
+            raise ValueError("search.dvts.delimiter must be non-empty")
 
 
 def dvts(
@@ -54,7 +75,7 @@ def dvts(
         return []
     aggregation = aggregation or scorer.default_aggregation
     subtrees = n // width
-    state = policy.prefill([policy.encode(p.messages) for p in prompts], [p.index for p in prompts])
+    state = prefill(policy, prompts)
     rows = [i for i in range(len(prompts)) for _ in range(subtrees)]
     state = state.select(rows)
     live = [Candidate(prompt=i, subtree=k % subtrees) for k, i in enumerate(rows)]
@@ -91,3 +112,12 @@ def dvts(
         best = winners[argmax([w.score for w in winners])]
         results.append(SearchResult(p, completions, next(k for k, c in enumerate(completions) if c is best)))
     return results
+
+
+def run(policy: PolicyBackend, scorer: Scorer, prompts: Sequence[Prompt], params: DvtsParams,
+        sampling: SamplingParams, max_new_tokens: int, seed: int = 0,
+        aggregation: str | None = None) -> list[SearchResult]:
+    """The registry entry: DVTS with ``params.delimiter`` as the policy's step delimiter."""
+    policy.delimiter = params.delimiter
+    return dvts(policy, scorer, prompts, params.n, params.width, sampling, max_new_tokens, params.max_steps,
+                params.max_step_tokens, seed, aggregation, params.finish_last_step)
