@@ -247,3 +247,38 @@ def test_search_endpoint_by_hand_and_the_report(tmp_path):
     assert summary["seeds_search"] == ["seed0", "seed1"] and "value" not in summary
     assert "win rate vs ORM-guided" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "teacher_reward.png").exists()
+
+
+@pytest.mark.slow
+def test_every_stage_end_to_end_on_tiny_models(tmp_path, smollm_tokenizer, tiny_llama_lm_dir, tiny_bert_rm_dir):
+    """The real stage commands (sp-prm subprocesses, evaluate-rm with process_value, prm_guided, compare)."""
+    cfg = _cfg(tmp_path, eval_prompts=4, samples_per_prompt=3)
+    cfg.policy, cfg.student, cfg.orm_epochs, cfg.extra_steps, cfg.extra_batch = (
+        str(tiny_llama_lm_dir), str(tiny_bert_rm_dir), 1, 2, 2)
+    cfg.sst_pairs, cfg.value_pairs, cfg.token_counts, cfg.rollouts = 6, 4, [1, 2], 2
+    cfg.search_prompts_per_fold, cfg.seeds, cfg.device = 1, [0], "cpu"
+    cfg.data = dataclasses.replace(cfg.data, max_new_tokens=4)
+    cfg.search_overrides = {"n": 2, "cbs_beam_width": 1, "cbs_successors": 2, "cbs_chunk_length": 2,
+                            "calibration_prompts": 1, "coherence_model": None, "progress": False}
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(tiny_llama_config(smollm_tokenizer)).eval()
+    with torch.no_grad():
+        rm.score.weight.normal_(0, 1.0)
+    rm.config.sp_prm = {"prefix": cfg.teacher.prefix.to_dict()}
+    cfg.teacher_dir.mkdir(parents=True)
+    rm.save_pretrained(cfg.teacher_dir)
+    smollm_tokenizer.save_pretrained(cfg.teacher_dir)
+    (cfg.teacher_dir / "teacher.json").write_text("{}")
+    from experiments.gold.run import run_stage
+
+    for stage in ("data", "contenders", "value", "search", "compare"):
+        run_stage(cfg, stage)
+    for name in cfg.contenders:
+        assert (cfg.seed_dir(0) / name / "config.json").exists(), name
+    value = json.loads((cfg.seed_dir(0) / "value" / "results.json").read_text())
+    assert set(value["process_value"]["cuts"]) == {"full", "t=1", "t=2"}
+    summary = json.loads((cfg.root / "summary.json").read_text())
+    assert set(summary["value"]["models"]) == set(cfg.contenders)
+    assert "sp-prm-teacher-ref/bon" in summary["search"]["vs_orm"]
+    times = json.loads((cfg.seed_dir(0) / "times.json").read_text())
+    assert any(k.startswith("train ") for k in times) and "search" in times
