@@ -282,3 +282,16 @@ def test_every_stage_end_to_end_on_tiny_models(tmp_path, smollm_tokenizer, tiny_
     assert "sp-prm-teacher-ref/bon" in summary["search"]["vs_orm"]
     times = json.loads((cfg.seed_dir(0) / "times.json").read_text())
     assert any(k.startswith("train ") for k in times) and "search" in times
+
+
+@pytest.mark.slow
+def test_finetune_teacher_option(tmp_path, tiny_bert_rm_dir):
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Yes, answer {i}.", "rejected": f"no {i}"} for i in range(20)]
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = GoldConfig(work_dir=str(tmp_path / "gold"), device="cpu", bootstrap_resamples=50, teacher={
+        "kind": "finetune", "backbone": str(tiny_bert_rm_dir), "sources": [str(src)], "prefix": FMT.to_dict()})
+    report = teacher.finetune_teacher(cfg)
+    assert report["pairs_train"] + report["pairs_held_out"] == 20 and 0 <= report["held_out_accuracy"] <= 1
+    assert teacher.teacher_ready(cfg)
+    assert load_reward_model(str(cfg.teacher_dir), device="cpu").config.sp_prm["loss"] == "orm"

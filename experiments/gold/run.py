@@ -33,10 +33,8 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
         if teacher.teacher_ready(cfg):
             print(f"[gold] teacher: {cfg.teacher_dir} exists, skipped")
             return
-        if cfg.teacher.kind != "probe":
-            raise NotImplementedError("teacher.kind: finetune is not implemented in this stage yet; train it with "
-                                      "`sp-prm train --loss orm` and point work_dir/teacher at it")
-        print(teacher.describe(teacher.train_teacher(cfg, progress=True)))
+        train = teacher.train_teacher if cfg.teacher.kind == "probe" else teacher.finetune_teacher
+        print(teacher.describe(train(cfg, progress=True) if cfg.teacher.kind == "probe" else train(cfg)))
     elif stage == "data":
         if not teacher.teacher_ready(cfg):
             raise FileNotFoundError(f"{cfg.teacher_dir}: run the teacher stage first")

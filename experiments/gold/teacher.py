@@ -173,6 +173,50 @@ def train_teacher(cfg: GoldConfig, model: Any = None, tokenizer: Any = None, pro
     return report
 
 
+def finetune_teacher(cfg: GoldConfig) -> dict[str, Any]:
+    """``kind: finetune``: ``sp-prm train --loss orm`` on the train side, held-out accuracy on the other side.
+
+    The comparison option (e.g. ``--teacher.backbone builtin:all-minilm-l6-v2``, or SmolLM2 on a GPU). Unlike the
+    probe it is not refit on the held-out pairs: a second full training would double the cost.
+    """
+    import subprocess
+    import sys
+
+    from decoding.metrics.reward import rewards
+    from sp_prm.models import load_reward_model, load_tokenizer
+
+    tc = cfg.teacher
+    t0 = time.perf_counter()
+    train = load_pairs(tc.sources, "train", tc.eval_fraction)
+    held = load_pairs(tc.sources, "eval", tc.eval_fraction)
+    work = cfg.root / "teacher-finetune"
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "train.jsonl"
+    data.write_text("".join(json.dumps({k: p[k] for k in ("id", "prompt", "chosen", "rejected")}) + "\n"
+                            for p in train))
+    p = tc.prefix
+    subprocess.run([sys.executable, "-m", "sp_prm.cli", "train", "--config", tc.finetune_recipe,
+                    "--model_name_or_path", tc.backbone, "--dataset", str(data), "--eval_fraction", "0",
+                    "--seed", str(tc.seed), "--resume", "false", "--output_dir", str(work / "model"),
+                    "--prefix.template", p.template, "--prefix.max_prompt_tokens", str(p.max_prompt_tokens),
+                    "--prefix.max_response_tokens", str(p.max_response_tokens)], check=True)
+    tok = load_tokenizer(str(work / "model"))
+    model = load_reward_model(str(work / "model"), cfg.dtype, cfg.device, pad_token_id=tok.pad_token_id)
+    prompts = [h["prompt"] for h in held]
+    rc = rewards(model, tok, prompts, [h["chosen"] for h in held], p)
+    rr = rewards(model, tok, prompts, [h["rejected"] for h in held], p)
+    correct = np.array([float(a > b) for a, b in zip(rc, rr)])
+    rng = np.random.default_rng(tc.seed)
+    boot = correct[rng.integers(0, len(correct), size=(cfg.bootstrap_resamples, len(correct)))].mean(1)
+    report = {"kind": "finetune", "backbone": tc.backbone, "pairs_train": len(train), "pairs_held_out": len(held),
+              "l2": float("nan"), "held_out_accuracy": float(correct.mean()),
+              "held_out_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+              "final_fit_pairs": len(train), "seconds_features": 0.0,
+              "seconds_total": round(time.perf_counter() - t0, 1), "prefix": p.to_dict()}
+    _save(model, tok, cfg.teacher_dir, report)
+    return report
+
+
 def _save(model: Any, tokenizer: Any, target: Path, report: dict[str, Any]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
