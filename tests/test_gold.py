@@ -23,6 +23,16 @@ from tests.conftest import tiny_llama_config
 FMT = PrefixFormat(template="plain", max_prompt_tokens=64, max_response_tokens=32)
 
 
+def test_the_recipe_parses_and_plans_the_pre_registered_design():
+    from sp_prm.config import load_config
+    from tests.conftest import REPO
+
+    cfg = load_config(GoldConfig, ["--config", str(REPO / "recipes/experiments/gold_hh.yaml"), "--seed", "1"])
+    assert cfg.contenders == ["orm", "orm-control", "sp-prm-student-ref", "sp-prm-teacher-ref", "eq2", "eq2-filtered"]
+    assert cfg.token_counts == [1, 5, 10, 20] and cfg.search_methods == ["bon", "cbs"] and cfg.seeds == [0, 1, 2]
+    assert cfg.teacher.kind == "probe" and cfg.seed == 1 and cfg.data.label_noise == 0.0
+
+
 def test_label_pairs_by_hand():
     resp = ["a", "b", "c", "d"]
     got = onpolicy.label_pairs("p", resp, [1.0, 0.9, 0.0, 2.0], min_gap=0.2, noise=0.0, rng=random.Random(0))
