@@ -152,6 +152,7 @@ def fingerprint(config: PrepareConfig) -> str:
     params = asdict(config)
     for key in ("output_dir", "overwrite", "chunk_size", "reference_device", "reference_batch_tokens"):
         params.pop(key)
+    params["prefix"] = config.prefix.legacy_dict()  # end_marker modes hash as the older booleans
     params["source_signature"] = _source_signature(config.source)
     params["version"] = __version__
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -190,7 +191,7 @@ class Preparer:
         return positions
 
     def process(self, pairs: Dataset) -> Dataset:
-        c, tok, end = self.config, self.tokenizer, self.config.prefix.end_marker
+        c, tok = self.config, self.tokenizer
         rows: dict[str, list] = {k: [] for k in (
             "id", "prompt", "chosen", "rejected", "position", "chosen_length", "rejected_length",
             "chosen_complete", "rejected_complete", "chosen_ids", "rejected_ids",
@@ -233,8 +234,8 @@ class Preparer:
                 rows["rejected_length"].append(min(t, rejected.length))
                 rows["chosen_complete"].append(chosen.is_complete(t))
                 rows["rejected_complete"].append(rejected.is_complete(t))
-                rows["chosen_ids"].append(chosen.sequence(t, end))
-                rows["rejected_ids"].append(rejected.sequence(t, end))
+                rows["chosen_ids"].append(chosen.sequence_for(c.prefix, t))
+                rows["rejected_ids"].append(rejected.sequence_for(c.prefix, t))
         n = len(rows["id"])
         self.counts["partial_pairs"] += n
         if self.reference is None or n == 0:

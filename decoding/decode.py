@@ -22,14 +22,17 @@ Output record (one JSON object per line, in input order within a run)::
     id          str    the record's id (``data.id_field``, else its row number)
     prompt      str    the question / prompt text (the last user turn for chat prompts)
     preference  str    the preference text, or null
-    messages    list   the full chat context the policy saw
-    response    str    the selected response
+    messages    list   the full chat context the policy saw (without a prefill, see ``prefill``)
+    response    str    the selected response (the whole assistant turn: a prefill included)
+    prefill     str    the assistant prefill the policy continued (AdvBench sure_mode: prefill), or null
+    response_includes_prefill  bool  whether ``response`` starts with ``prefill`` (true whenever there is one)
     score       float  its aggregated score
     complete    bool   False when a token/step budget cut it (no EOS)
     best_index  int    index of the response among the candidates
     n           int    number of candidates (search.<method>.n; args, cards: 1; cbs: the final beams, <= beam_width)
     candidates  list   [{response, score, complete}] for all n (only with save_candidates)
-    search      str    method; scorer: str scorer name
+    search      str    method; scorer: str scorer name; policy: str policy.model
+    <kept>             input-record fields named in ``data.keep_fields`` (default: sure_mode, target) when present
     compute     {policy_tokens_generated, policy_tokens_prefilled, scorer_tokens, scorer_calls,
                  policy_tokens_cached, scorer_tokens_cached, seconds}
 
@@ -61,7 +64,7 @@ from decoding.scorers import GenRMScorer, RearScorer, RewardModelScorer
 from decoding.search import SEARCHES, SearchConfig
 from decoding.types import AGGREGATIONS, Meter
 from sp_prm.config import load_config
-from sp_prm.formatting import PrefixFormat
+from sp_prm.formatting import PrefixFormat, require_same_format
 
 METHODS = tuple(SEARCHES)
 BACKENDS = ("hf", "vllm")
@@ -242,7 +245,9 @@ def build_scorer(cfg: DecodeConfig, policy: Any, meter: Meter) -> Any:
         cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_reward_model(path, dtype=sc.dtype, device=device,
                               trust_remote_code=cfg.policy.trust_remote_code, pad_token_id=tokenizer.pad_token_id)
-    prefix = sc.prefix or trained_prefix_format(model) or PrefixFormat()
+    trained = trained_prefix_format(model)
+    prefix = sc.prefix or trained or PrefixFormat()
+    require_same_format(trained, prefix, path)  # e.g. end_marker: the PRM's own mode, not another
     return RewardModelScorer(model, tokenizer, prefix, cache=sc.cache, max_batch_tokens=sc.max_batch_tokens,
                              max_batch_size=sc.max_batch_size, meter=meter)
 
@@ -311,15 +316,20 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
             seconds = (time.perf_counter() - t0) / len(batch)
             for r in results:
                 best = r.best_candidate
+                # A prefill is stored as part of the response (the whole assistant turn, as the scorer read it)
+                # and `messages` is the conversation without it, so (messages, response) is what was scored.
+                prefill = r.prompt.prefill
                 record = {
+                    **r.prompt.meta,
                     "id": r.prompt.id, "prompt": r.prompt.question, "preference": r.prompt.preference,
-                    "messages": r.prompt.messages, "response": policy.decode(best.token_ids), "score": best.score,
-                    "complete": best.complete, "best_index": r.best, "n": len(r.candidates),
-                    "search": method, "scorer": cfg.scorer.name,
+                    "messages": r.prompt.context_messages, "response": prefill + policy.decode(best.token_ids),
+                    "prefill": prefill or None, "response_includes_prefill": bool(prefill),
+                    "score": best.score, "complete": best.complete, "best_index": r.best, "n": len(r.candidates),
+                    "search": method, "scorer": cfg.scorer.name, "policy": cfg.policy.model,
                 }
                 if cfg.save_candidates:
                     record["candidates"] = [
-                        {"response": policy.decode(c.token_ids), "score": c.score, "complete": c.complete}
+                        {"response": prefill + policy.decode(c.token_ids), "score": c.score, "complete": c.complete}
                         for c in r.candidates
                     ]
                 record["compute"] = {**meter.for_group(r.prompt.index), "seconds": round(seconds, 4)}

@@ -21,11 +21,25 @@ The operations the searches need:
   continuations at once (a token tree of depth one): each continuation attends to the
   row's tokens and to itself, never to its siblings. k candidates that extend one cached
   prefix then cost one row of cache, not k copies of it.
+
+Built for a GPU (one step = a few launches, no waiting on the device):
+
+* the bookkeeping (which columns are real, positions, rollback, compaction) is done on a
+  host copy of ``mask``; the device copy is extended in place of being re-sent, and new
+  ids / positions go up in one pinned, non-blocking copy. Nothing here reads a device
+  value back, so a step's only synchronisation is the one the search itself needs
+  (reading the chosen tokens or the scores).
+* the cache layers are preallocated (:class:`GrowingLayer`): a row that keeps growing
+  (sampling, one token per step) writes its new keys into spare columns instead of
+  concatenating (= copying) its whole cache every step.
+* ``torch.compile`` of the decoder is available behind a flag (:func:`set_compile`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +50,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 _TORCH_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+# The CPU fast path for token-tree masks below; tests turn it off to check the generic path (the one CUDA takes).
+CPU_MASKED_GQA = True
 
 
 @contextmanager
@@ -48,7 +64,7 @@ def _masked_gqa(device: torch.device) -> Iterator[None]:
     ``enable_gqa`` (exact; 2.6x faster on a 400-token row here). On CUDA a mask with GQA falls back to
     the math kernel, so there the default stays. Older transformers ignore the variable.
     """
-    if device.type != "cpu" or not _TORCH_GQA or "TRANSFORMERS_SDPA_FORCE_GQA" in os.environ:
+    if device.type != "cpu" or not _TORCH_GQA or not CPU_MASKED_GQA or "TRANSFORMERS_SDPA_FORCE_GQA" in os.environ:
         yield
         return
     os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
@@ -58,89 +74,243 @@ def _masked_gqa(device: torch.device) -> Iterator[None]:
         os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
 
 
+@functools.lru_cache(maxsize=64)
+def _cache_kwarg_of(forward_owner: type) -> str:
+    try:
+        params = inspect.signature(forward_owner.forward).parameters  # follows the decorators' __wrapped__
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwarg(backbone: Any) -> str:
+    """The keyword a decoder takes its ``Cache`` object by: ``cache`` or the older ``past_key_values``.
+
+    transformers 5.2x renamed ``past_key_values=`` to ``cache=`` and warns (``FutureWarning``) that the old name
+    goes in 5.40 (``@deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")`` on every decoder's
+    ``forward``); releases before the rename (down to our lower bound, 4.56) only know ``past_key_values``.
+    Read from the model class's own signature, so both kinds work without a version table.
+    """
+    return _cache_kwarg_of(type(backbone)) if hasattr(type(backbone), "forward") else "past_key_values"
+
+
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys / values are views into a preallocated buffer with spare columns.
+
+    ``update`` writes the new columns into the spare ones when the layer's tensors are still the live view of
+    its own buffer; otherwise (first call, after a crop / select / compaction replaced them, or when a shallow
+    copy shares the buffer with another state) it allocates: exactly the needed width the first time, with
+    head-room once the layer has grown in place before (a row that keeps growing). ``keys`` / ``values`` stay
+    ordinary tensors of ``[rows, heads, width, dim]``, so every other ``DynamicLayer`` method works unchanged.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "keys", None) is None or self.keys.numel() == 0:  # nothing cached yet (or after reset)
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.is_initialized = True
+            self.keys, self.values = key_states, value_states
+            self._kbuf = self._vbuf = None
+            return self.keys, self.values
+        n, t = self.keys.shape[-2], key_states.shape[-2]
+        buf = getattr(self, "_kbuf", None)
+        live = (buf is not None and getattr(self, "_owner", None) is self and self.keys.shape[-2] == self._used
+                and self.keys.data_ptr() == buf.data_ptr() and self.keys.shape[:2] == buf.shape[:2])
+        if not (live and n + t <= buf.shape[-2]):
+            grown = live  # a layer that grew in place before will grow again: give it head-room
+            width = n + t + (max(64, (n + t) // 2) if grown else 0)
+            shape = (*self.keys.shape[:2], width, self.keys.shape[-1])
+            kbuf = self.keys.new_empty(shape)
+            vbuf = self.values.new_empty((*shape[:3], self.values.shape[-1]))
+            kbuf[:, :, :n] = self.keys
+            vbuf[:, :, :n] = self.values
+            self._kbuf, self._vbuf, self._owner = kbuf, vbuf, self
+        self._kbuf[:, :, n: n + t] = key_states
+        self._vbuf[:, :, n: n + t] = value_states
+        self._used = n + t
+        self.keys, self.values = self._kbuf[:, :, : n + t], self._vbuf[:, :, : n + t]
+        return self.keys, self.values
+
+
+def new_cache(config: Any = None) -> DynamicCache:
+    """A ``DynamicCache`` whose full-attention layers are :class:`GrowingLayer` (sliding ones are left as they are)."""
+    cache = DynamicCache(config=config) if config is not None else DynamicCache()
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
+        cache.layer_class_to_replicate = GrowingLayer
+    layers = getattr(cache, "layers", None)
+    if layers:
+        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in layers]
+    return cache
+
+
+_COMPILE: dict[str, Any] = {"on": False, "kwargs": {}}
+_COMPILED: dict[int, Any] = {}
+
+
+def set_compile(on: bool = True, **kwargs: Any) -> None:
+    """Run decoders through ``torch.compile(backbone, dynamic=True, **kwargs)`` from now on (off by default).
+
+    Meant for a GPU, where a decode step is bound by kernel launches; on a CPU the compile time is rarely
+    earned back. The compiled module is kept per backbone. Shapes still vary (the cache grows; trees differ),
+    so ``dynamic=True`` keeps one graph per kind of step instead of one per width.
+    """
+    _COMPILE["on"], _COMPILE["kwargs"] = bool(on), kwargs
+    _COMPILED.clear()
+
+
+def _runner(backbone: Any) -> Any:
+    if not _COMPILE["on"]:
+        return backbone
+    key = id(backbone)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(backbone, **{"dynamic": True, **_COMPILE["kwargs"]})
+    return _COMPILED[key]
+
+
+def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting: pinned and non-blocking on CUDA, as is elsewhere."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class KVState:
     """Rows of token ids with their KV cache. See the module docstring.
 
     Args:
         cache: a ``DynamicCache`` whose batch dimension has one entry per row.
-        mask: ``[rows, columns]`` 1 where a column holds a real token of the row.
+        mask: ``[rows, columns]`` 1 where a column holds a real token of the row (host or device).
         ids: the real token ids of each row, in order.
         groups: a tag per row (the prompt it belongs to), used for accounting.
+        device: where the model runs (default: ``mask``'s device).
     """
 
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, ids: list[list[int]], groups: list[int]) -> None:
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, ids: list[list[int]], groups: list[int],
+                 device: torch.device | str | None = None) -> None:
         self.cache = cache
+        self.device = torch.device(device) if device is not None else mask.device
+        self._host: torch.Tensor | None = None
+        self._dev: torch.Tensor | None = None
         self.mask = mask
         self.ids = ids
         self.groups = groups
 
+    # The mask lives on the host (all bookkeeping) with a device copy made on demand and extended in place.
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[rows, columns]`` long, on the state's device."""
+        if self._dev is None:
+            self._dev = _upload(self._host, self.device)
+        if self._dev is not self._host:
+            # tagged with its host copy: a state built from another's ``mask`` (PolicyState(base.cache,
+            # base.mask, ...)) takes the host copy instead of reading the device back
+            self._dev._kv_host = self._host
+        return self._dev
+
+    @mask.setter
+    def mask(self, value: torch.Tensor) -> None:
+        value = value.long()
+        if value.device.type == "cpu":
+            self._host, self._dev = value, (value if self.device.type == "cpu" else None)
+        elif getattr(value, "_kv_host", None) is not None and value._kv_host.shape == value.shape:
+            self._host, self._dev = value._kv_host, value
+        else:  # an untagged device tensor: its host copy is read once (a synchronisation)
+            self._host, self._dev = value.cpu(), value
+
+    @property
+    def host_mask(self) -> torch.Tensor:
+        return self._host
+
+    def _set_host_mask(self, value: torch.Tensor) -> None:
+        self._host = value
+        self._dev = value if self.device.type == "cpu" else None
+
     @classmethod
     def empty(cls, groups: Sequence[int], device: torch.device | str = "cpu", config: Any = None) -> KVState:
-        cache = DynamicCache(config=config) if config is not None else DynamicCache()
-        return cls(cache, torch.zeros((len(groups), 0), dtype=torch.long, device=device),
-                   [[] for _ in groups], list(groups))
+        return cls(new_cache(config), torch.zeros((len(groups), 0), dtype=torch.long),
+                   [[] for _ in groups], list(groups), device=device)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def width(self) -> int:
-        return self.mask.shape[1]
+        return self._host.shape[1]
 
     @property
     def lengths(self) -> list[int]:
         return [len(r) for r in self.ids]
 
     def hole_fraction(self) -> float:
-        total = self.mask.numel()
-        return 0.0 if total == 0 else 1.0 - float(self.mask.sum()) / total
+        total = self._host.numel()
+        return 0.0 if total == 0 else 1.0 - float(self._host.sum()) / total
+
+    def _like(self, cache: DynamicCache, host: torch.Tensor, dev: torch.Tensor | None, ids: list[list[int]],
+              groups: list[int]) -> KVState:
+        state = KVState(cache, host, ids, groups, device=self.device)
+        if dev is not None:
+            state._dev = dev
+        return state
 
     def select(self, indices: Sequence[int] | torch.Tensor) -> KVState:
         """A new state whose row ``j`` is a copy of row ``indices[j]`` (fork, reorder or drop)."""
-        idx = torch.as_tensor(list(indices) if not torch.is_tensor(indices) else indices, dtype=torch.long)
+        il = indices.tolist() if torch.is_tensor(indices) else [int(i) for i in indices]
+        idx = torch.as_tensor(il, dtype=torch.long)
         cache = copy.copy(self.cache)
         # Shallow-copy the layers so that selecting leaves this state's tensors untouched.
         cache.layers = [copy.copy(layer) for layer in self.cache.layers]
-        identity = len(idx) == len(self) and bool((idx == torch.arange(len(self))).all())
-        if len(idx) and not identity:  # the identity shares the tensors: later updates replace, never write in place
-            cache.batch_select_indices(idx.to(self.mask.device))
-        il = idx.tolist()
-        return KVState(cache, self.mask[idx.to(self.mask.device)], [list(self.ids[i]) for i in il],
-                       [self.groups[i] for i in il])
+        for layer in cache.layers:
+            if isinstance(layer, GrowingLayer):  # a copy never writes into the buffer it came from: let it go
+                layer._kbuf = layer._vbuf = None
+        identity = il == list(range(len(self)))
+        dev = None
+        if len(il) and not identity:  # the identity shares the tensors: later updates replace, never write in place
+            idx_dev = _upload(idx, self.device)
+            cache.batch_select_indices(idx_dev)
+            if self._dev is not None:
+                dev = self._dev.index_select(0, idx_dev)
+        elif identity:
+            dev = self._dev
+        return self._like(cache, self._host[idx], dev, [list(self.ids[i]) for i in il], [self.groups[i] for i in il])
 
     def forward(
         self, backbone: Callable[..., Any], tokens: Sequence[Sequence[int]], pad_id: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed row ``i`` the tokens ``tokens[i]`` (may be empty) in one batched call.
 
-        Returns ``(hidden [rows, T, H], new_mask [rows, T])`` for the new columns;
+        Returns ``(hidden [rows, T, H], new_mask [rows, T])`` for the new columns (both on the device);
         new tokens are right-aligned after the existing columns (short rows get holes).
         """
         if len(tokens) != len(self):
             raise ValueError(f"forward got {len(tokens)} token lists for {len(self)} rows")
         T = max((len(t) for t in tokens), default=0)
-        device = self.mask.device
+        device = self.device
         if T == 0:
             return torch.zeros((len(self), 0, 0), device=device), torch.zeros((len(self), 0), dtype=torch.long)
-        new_ids = torch.full((len(self), T), pad_id, dtype=torch.long)
-        new_mask = torch.zeros((len(self), T), dtype=torch.long)
+        rows = len(self)
+        # ids, mask and positions built on the host and sent up in one copy
+        packed = torch.zeros((3, rows, T), dtype=torch.long)
         for i, t in enumerate(tokens):
             if len(t):
-                new_ids[i, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
-                new_mask[i, : len(t)] = 1
-        new_ids, new_mask = new_ids.to(device), new_mask.to(device)
+                packed[0, i, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+                packed[1, i, : len(t)] = 1
+        packed[0][packed[1] == 0] = pad_id
         # RoPE position = number of real tokens before this one (holes do not count).
-        position_ids = self.mask.sum(1, keepdim=True) + torch.arange(T, device=device)[None, :]
-        full_mask = torch.cat([self.mask, new_mask], dim=1)
-        out = backbone(
-            input_ids=new_ids, attention_mask=full_mask, position_ids=position_ids,
-            past_key_values=self.cache, use_cache=True,
+        packed[2] = self._host.sum(1, keepdim=True) + torch.arange(T)[None, :]
+        new_mask = packed[1]
+        up = _upload(packed, device)
+        full_dev = torch.cat([self.mask, up[1]], dim=1)
+        # A Cache object is updated in place; the output's copy of it is not read (``out.past_key_values``
+        # is itself deprecated in 5.2x and logs a warning).
+        out = _runner(backbone)(
+            input_ids=up[0], attention_mask=full_dev, position_ids=up[2],
+            use_cache=True, **{cache_kwarg(backbone): self.cache},
         )
-        self.cache = out.past_key_values
-        self.mask = full_mask
+        self._host = full_dev if device.type == "cpu" else torch.cat([self._host, new_mask], dim=1)
+        self._dev = full_dev
         for i, t in enumerate(tokens):
             self.ids[i].extend(int(x) for x in t)
-        return out.last_hidden_state, new_mask
+        return out.last_hidden_state, up[1]
 
     def forward_tree(
         self, backbone: Callable[..., Any], suffixes: Sequence[Sequence[Sequence[int]]], pad_id: int = 0,
@@ -158,30 +328,34 @@ class KVState:
         """
         if len(suffixes) != len(self):
             raise ValueError(f"forward_tree got {len(suffixes)} suffix lists for {len(self)} rows")
-        device = self.mask.device
+        device = self.device
         lens = [sum(len(s) for s in row) for row in suffixes]
         Q = max(lens, default=0)
         if Q == 0:
             raise ValueError("forward_tree got no tokens")
         W = self.width
-        new_ids = torch.full((len(self), Q), pad_id, dtype=torch.long)
-        offset = torch.zeros((len(self), Q), dtype=torch.long)  # position within its own continuation
-        branch = torch.full((len(self), Q), -1, dtype=torch.long)  # which continuation a column holds
+        rows = len(self)
+        # ids, offset within its own continuation, which continuation a column holds (-1: padding), position
+        packed = torch.zeros((4, rows, Q), dtype=torch.long)
+        packed[0].fill_(pad_id)
+        packed[2].fill_(-1)
         columns: list[list[list[int]]] = []
         for i, row in enumerate(suffixes):
             at, cols = 0, []
             for j, s in enumerate(row):
                 n = len(s)
                 if n:
-                    new_ids[i, at: at + n] = torch.as_tensor(list(s), dtype=torch.long)
-                    offset[i, at: at + n] = torch.arange(n)
-                    branch[i, at: at + n] = j
+                    packed[0, i, at: at + n] = torch.as_tensor(list(s), dtype=torch.long)
+                    packed[1, i, at: at + n] = torch.arange(n)
+                    packed[2, i, at: at + n] = j
                 cols.append(list(range(W + at, W + at + n)))
                 at += n
             columns.append(cols)
-        new_ids, offset, branch = new_ids.to(device), offset.to(device), branch.to(device)
+        packed[3] = self._host.sum(1, keepdim=True) + packed[1]
+        real_host = (packed[2] >= 0).long()
+        up = _upload(packed, device)
+        new_ids, branch, position_ids = up[0], up[2], up[3]
         real = branch >= 0
-        position_ids = self.mask.sum(1, keepdim=True) + offset
         # query (i, a) may see key column (i, b) of the new block iff same continuation and b <= a
         same = (branch[:, :, None] == branch[:, None, :]) & real[:, :, None]
         causal = torch.ones((Q, Q), dtype=torch.bool, device=device).tril()
@@ -189,24 +363,27 @@ class KVState:
         eye = torch.eye(Q, dtype=torch.bool, device=device)[None]
         new_block = new_block | (eye & ~real[:, :, None])  # padding queries see themselves (no empty softmax)
         old_block = (self.mask.bool()[:, None, :] & real[:, :, None]) if W else torch.zeros(
-            (len(self), Q, 0), dtype=torch.bool, device=device)
+            (rows, Q, 0), dtype=torch.bool, device=device)
         allowed = torch.cat([old_block, new_block], dim=2)
         mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
-        with _masked_gqa(torch.device(device)):
-            out = backbone(
+        with _masked_gqa(device):
+            out = _runner(backbone)(
                 input_ids=new_ids, attention_mask=mask4d[:, None], position_ids=position_ids,
-                past_key_values=self.cache, use_cache=True,
+                use_cache=True, **{cache_kwarg(backbone): self.cache},
             )
-        self.cache = out.past_key_values
-        self.mask = torch.cat([self.mask, real.long()], dim=1)
+        new_dev = torch.cat([self.mask, real.long()], dim=1)
+        self._host = new_dev if device.type == "cpu" else torch.cat([self._host, real_host], dim=1)
+        self._dev = new_dev
         return out.last_hidden_state, columns
 
     def rollback(self, keep: Sequence[int]) -> None:
         """Keep the first ``keep[i]`` real tokens of row ``i``: later ones become holes."""
-        keep_t = torch.as_tensor(list(keep), dtype=torch.long, device=self.mask.device)
+        keep_t = torch.as_tensor(list(keep), dtype=torch.long)
         if len(keep_t) and self.width:
-            count = self.mask.cumsum(1)
-            self.mask = self.mask * (count <= keep_t[:, None]).long()
+            count = self._host.cumsum(1)
+            new = self._host * (count <= keep_t[:, None]).long()
+            if not torch.equal(new, self._host):
+                self._set_host_mask(new)
         for i, k in enumerate(keep):
             del self.ids[i][k:]
         self._trim_tail()
@@ -215,18 +392,19 @@ class KVState:
         """Drop trailing columns that are holes in every row (frees memory, exact)."""
         if self.width == 0:
             return
-        used = self.mask.any(0).nonzero()
+        used = self._host.any(0).nonzero()
         last = int(used.max()) + 1 if len(used) else 0
         extra = self.width - last
         if extra > 0:
             if last == 0:
-                self.cache = DynamicCache()
+                self.cache = new_cache()
             else:
                 self.cache.crop(-extra)
-            self.mask = self.mask[:, :last]
+            self._host = self._host[:, :last]
+            self._dev = self._dev[:, :last] if self._dev is not None else None
 
     def compactable(self) -> bool:
-        return all(type(layer) in (DynamicLayer,) for layer in self.cache.layers) and not any(
+        return all(type(layer) in (DynamicLayer, GrowingLayer) for layer in self.cache.layers) and not any(
             isinstance(layer, DynamicSlidingWindowLayer) for layer in self.cache.layers
         )
 
@@ -238,22 +416,20 @@ class KVState:
         """
         if self.width == 0 or self.hole_fraction() <= threshold or not self.compactable():
             return False
-        counts = self.mask.sum(1)
+        host = self._host
+        counts = host.sum(1)
         width = int(counts.max())
         rows = len(self)
-        index = torch.zeros((rows, width), dtype=torch.long, device=self.mask.device)
-        new_mask = torch.zeros((rows, width), dtype=torch.long, device=self.mask.device)
-        for i in range(rows):
-            real = self.mask[i].nonzero().squeeze(1)
-            n = len(real)
-            if n:
-                index[i, width - n:] = real
-                new_mask[i, width - n:] = 1
+        # row i's real columns, right-aligned: a stable sort puts holes (0) first and keeps the real ones in order
+        order = torch.sort(host, dim=1, stable=True).indices[:, -width:] if width else torch.zeros((rows, 0),
+                                                                                               dtype=torch.long)
+        new_mask = (torch.arange(width)[None, :] >= (width - counts)[:, None]).long()
+        index = _upload(order, self.device)
         for layer in self.cache.layers:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
             gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys = layer.keys.gather(2, gather.to(layer.keys.device))
             layer.values = layer.values.gather(2, gather.to(layer.values.device))
-        self.mask = new_mask
+        self._set_host_mask(new_mask)
         return True

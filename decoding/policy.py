@@ -27,7 +27,7 @@ import torch
 from decoding.kv import KVState
 from decoding.prefix_cache import PrefixCache
 from decoding.types import Message, Meter
-from sp_prm.formatting import PrefixFormat, render_plain_prompt, uses_chat_template
+from sp_prm.formatting import PrefixFormat, render_generation_prompt, uses_chat_template
 from sp_prm.scoring import unwrap
 
 
@@ -76,11 +76,10 @@ class PolicyState(KVState):
 
 
 def encode_prompt(tokenizer: Any, prompt_format: PrefixFormat, messages: Sequence[Message]) -> list[int]:
-    """Token ids of a prompt rendered for generation (chat template with the assistant cue); both backends."""
-    if uses_chat_template(tokenizer, prompt_format):
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(render_plain_prompt(messages))["input_ids"])
+    """Token ids of a prompt rendered for generation (chat template with the assistant cue; after a final
+    assistant message, that turn left open for the policy to continue: a prefill); both backends."""
+    text = render_generation_prompt(tokenizer, messages, prompt_format)
+    return list(tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, prompt_format))["input_ids"])
 
 
 def stop_and_pad_ids(tokenizer: Any, stop_token_ids: Sequence[int] = (),

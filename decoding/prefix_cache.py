@@ -221,25 +221,28 @@ class PrefixCache:
             feeds = [seqs[j][plans[j][2]:] for j in chunk]
             hidden, new_mask = state.forward(self.backbone, feeds, self.pad_id)
             self.forward_passes += 1
-            self.tokens_fed += int(new_mask.sum())
+            self.tokens_fed += sum(len(f) for f in feeds)
             self.meter.add(self.counter, state.groups, [len(f) for f in feeds])
+            # One head call and one copy to the host for the whole chunk (not one per row): the values
+            # are what the search reads, the only synchronisation of the step.
+            if self.kind == "reward":
+                where = [(r, 0, len(feeds[r])) for r in range(len(chunk))]
+                new = self._gather_heads(hidden, where, None)
+            else:  # row r's hidden states but the last predict its next fed tokens (past the first)
+                where = [(r, 0, len(feeds[r]) - 1) for r in range(len(chunk))]
+                targets = [seqs[j][plans[j][2] + 1:] for j in chunk]
+                new = self._gather_heads(hidden, where, targets)
             chunk_values = []
             for r, j in enumerate(chunk):
                 keep = plans[j][2]
-                h = hidden[r, : len(feeds[r])]
                 old = kept[ki].values[plans[j][1]][:keep] if ki >= 0 else torch.empty(0)
                 if self.kind == "reward":
-                    new = self.head(h).float().reshape(-1).cpu()
-                    vals = torch.cat([old, new])
+                    vals = torch.cat([old, new[r]])
+                elif ki >= 0:
+                    first = kept[ki].values[plans[j][1]][keep: keep + 1]
+                    vals = torch.cat([old, first, new[r]])
                 else:
-                    seq_t = torch.as_tensor(seqs[j], device=h.device)
-                    targets = seq_t[keep + 1:]
-                    lp = self._token_logprobs(h[:-1] if len(h) > 1 else h[:0], targets)
-                    if ki >= 0:
-                        first = kept[ki].values[plans[j][1]][keep: keep + 1]
-                        vals = torch.cat([old, first, lp])
-                    else:
-                        vals = torch.cat([torch.zeros(1), lp])
+                    vals = torch.cat([torch.zeros(1), new[r]])
                 out[j] = vals
                 chunk_values.append(vals)
             new_kept.append(_Kept(state, chunk_values))
@@ -276,15 +279,18 @@ class PrefixCache:
             state.rollback(base)
             state.compact()
             width = state.width
-            base_mask = state.mask.clone()
+            base_mask = state.host_mask.clone()
             suffixes = [[seqs[j][b:] for j in js] for js, b in zip(members, base)]
             hidden, columns = state.forward_tree(self.backbone, suffixes, self.pad_id, dtype)
             self.forward_passes += 1
             fed = [len(x) for row in suffixes for x in row]
             self.tokens_fed += sum(fed)
             self.meter.add(self.counter, [groups[j] for js in members for j in js], fed)
-            rows_h = torch.cat([hidden[r, torch.as_tensor(columns[r][i], dtype=torch.long) - width]
-                                for r, js in enumerate(members) for i in range(len(js))])
+            # every sibling's columns of the new block, gathered in one index: one head call, one host copy
+            flat = [r * hidden.shape[1] + c - width for r, js in enumerate(members) for i in range(len(js))
+                    for c in columns[r][i]]
+            index = torch.as_tensor(flat, dtype=torch.long).to(hidden.device, non_blocking=True)
+            rows_h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
             new_vals = self.head(rows_h).float().reshape(-1).cpu()
             values, phys, masks, ids, at = [], [], [], [], 0
             for r, (src, js, b) in enumerate(zip(chunk, members, base)):
@@ -294,7 +300,7 @@ class PrefixCache:
                     vals = torch.cat([old, new_vals[at: at + n]])
                     at += n
                     out[j] = vals
-                    m = torch.zeros(state.width, dtype=base_mask.dtype, device=base_mask.device)
+                    m = torch.zeros(state.width, dtype=base_mask.dtype)
                     m[:width] = base_mask[r]
                     m[columns[r][i]] = 1
                     values.append(vals)
@@ -303,10 +309,28 @@ class PrefixCache:
                     ids.append(list(seqs[j]))
             new_kept.append(_Kept(state, values, phys, masks, ids))
 
-    def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, slice_rows: int = 256) -> torch.Tensor:
-        """log-softmax of the head at each hidden state, gathered at the next token; sliced to bound memory."""
-        parts = []
-        for a in range(0, len(targets), slice_rows):
-            logits = self.head(hidden[a: a + slice_rows]).float()
-            parts.append(logits.log_softmax(-1).gather(1, targets[a: a + slice_rows, None]).squeeze(1).cpu())
-        return torch.cat(parts) if parts else torch.empty(0)
+    def _gather_heads(self, hidden: torch.Tensor, where: list[tuple[int, int, int]],
+                      targets: list[Sequence[int]] | None, slice_rows: int = 256) -> list[torch.Tensor]:
+        """The head at ``hidden[r, a:b]`` for every ``(r, a, b)`` of ``where``, in one batched pass.
+
+        Reward kind (``targets`` None): the head's value at each position. Logprob kind: log-softmax of the
+        head gathered at ``targets[k]`` (the next tokens), sliced by ``slice_rows`` positions to bound the
+        ``[positions, vocab]`` logits. One copy to the host at the end; returns one fp32 CPU tensor per entry.
+        """
+        T = hidden.shape[1]
+        flat = [r * T + p for r, a, b in where for p in range(a, b)]
+        sizes = [max(b - a, 0) for _, a, b in where]
+        if not flat:
+            return [torch.empty(0) for _ in where]
+        index = torch.as_tensor(flat, dtype=torch.long).to(hidden.device, non_blocking=True)
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+        if targets is None:
+            vals = self.head(h).float().reshape(-1)
+        else:
+            tgt = torch.as_tensor([t for row in targets for t in row], dtype=torch.long).to(h.device, non_blocking=True)
+            parts = []
+            for a in range(0, len(flat), slice_rows):
+                logits = self.head(h[a: a + slice_rows]).float()
+                parts.append(logits.log_softmax(-1).gather(1, tgt[a: a + slice_rows, None]).squeeze(1))
+            vals = torch.cat(parts)
+        return list(vals.cpu().split(sizes))

@@ -8,6 +8,12 @@ A record gives its prompt in one of three ways (field names are configurable):
 * ``prompt``: a string (one user turn) or a list of chat messages.
 * ``messages``: chat messages; a message with ``"preference": true`` is the
   preference turn (kept for the policy, dropped from REAR's question-only context).
+
+**Prefill** (AdvBench's ``sure_mode: prefill``): a conversation that ends with an
+assistant message, a record's ``response_prefix`` field, or ``data.response_prefix``
+for every record makes the response start with that text; the policy continues it
+(both backends render it through ``sp_prm.formatting.render_generation_prompt``) and
+the output record stores the whole assistant turn, prefill included.
 """
 
 from __future__ import annotations
@@ -41,6 +47,19 @@ class DataConfig:
         default="system", metadata={"help": "How the policy sees a preference: 'system' message or 'prefix' of the question."}
     )
     limit: int | None = field(default=None, metadata={"help": "Decode only the first N records."})
+    response_prefix: str | None = field(
+        default=None,
+        metadata={"help": "Assistant prefill for every record: the response starts with this text and the policy "
+                  "continues it (AdvBench sure_mode: prefill). A record's own response_prefix field wins."},
+    )
+    response_prefix_field: str = field(
+        default="response_prefix", metadata={"help": "Per-record assistant prefill field (missing / null: none)."}
+    )
+    keep_fields: list[str] = field(
+        default_factory=lambda: ["sure_mode", "target"],
+        metadata={"help": "Input-record fields copied into each output record when present (AdvBench: the prompt "
+                  "mode and the target string of target-match ASR)."},
+    )
 
     def __post_init__(self) -> None:
         if self.preference_as not in ("system", "prefix"):
@@ -90,10 +109,35 @@ def _messages(value: Any, where: str) -> list[dict[str, Any]]:
     return value
 
 
+def _with_prefill(prompt: Prompt, record: dict[str, Any], cfg: DataConfig, where: str) -> Prompt:
+    """The prompt with the record's (or the config's) assistant prefill appended, and its kept fields."""
+    prompt.meta = {k: record[k] for k in cfg.keep_fields if k in record}
+    value = record.get(cfg.response_prefix_field)
+    if value is None:
+        value = cfg.response_prefix
+    if value is None:
+        return prompt
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: the response prefix (field {cfg.response_prefix_field!r} or "
+                         f"data.response_prefix) must be a non-empty string, got {value!r}")
+    if prompt.prefill:
+        raise ValueError(f"{where}: the conversation already ends with an assistant message (a prefill); "
+                         f"give the prefill once, not also as {cfg.response_prefix_field!r} / data.response_prefix")
+    turn = {"role": "assistant", "content": value}
+    prompt.messages = [*prompt.messages, turn]
+    if prompt.question_messages is not None:
+        prompt.question_messages = [*prompt.question_messages, turn]
+    return prompt
+
+
 def to_prompt(record: dict[str, Any], row: int, cfg: DataConfig) -> Prompt:
     """One record as a :class:`Prompt`; raises ``ValueError`` naming the record when a field is missing."""
     rid = str(record.get(cfg.id_field, row))
     where = f"record {rid!r} (row {row})"
+    return _with_prefill(_to_prompt(record, row, rid, where, cfg), record, cfg, where)
+
+
+def _to_prompt(record: dict[str, Any], row: int, rid: str, where: str, cfg: DataConfig) -> Prompt:
     pref = record.get(cfg.preference_field)
     if pref is not None and not isinstance(pref, str):
         raise ValueError(f"{where}: field {cfg.preference_field!r} must be a string")
@@ -117,18 +161,22 @@ def to_prompt(record: dict[str, Any], row: int, cfg: DataConfig) -> Prompt:
                 raise ValueError(f"{where}: field {cfg.prompt_field!r} is empty")
             msgs = [{"role": "user", "content": value}]
             return Prompt(rid, msgs, None, value, None, row)
-        return _from_messages(_messages(value, f"{where}: field {cfg.prompt_field!r}"), rid, row)
+        return _from_messages(_messages(value, f"{where}: field {cfg.prompt_field!r}"), rid, row, where)
     if cfg.messages_field in record and record[cfg.messages_field] is not None:
-        return _from_messages(_messages(record[cfg.messages_field], f"{where}: field {cfg.messages_field!r}"), rid, row)
+        return _from_messages(_messages(record[cfg.messages_field], f"{where}: field {cfg.messages_field!r}"), rid,
+                              row, where)
     raise ValueError(
         f"{where}: no prompt; expected a {cfg.question_field!r}, {cfg.prompt_field!r} or {cfg.messages_field!r} "
         f"field, found {sorted(record)}"
     )
 
 
-def _from_messages(msgs: list[dict[str, Any]], rid: str, row: int) -> Prompt:
+def _from_messages(msgs: list[dict[str, Any]], rid: str, row: int, where: str) -> Prompt:
     full = [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
     marked = [bool(m.get("preference")) for m in msgs]
+    if full[-1]["role"] == "assistant" and (not full[-1]["content"].strip() or len(full) == 1 or marked[-1]):
+        raise ValueError(f"{where}: a final assistant message is a prefill (the response's start) and needs "
+                         "non-empty text, an earlier turn, and no preference mark")
     question = next((m["content"] for m in reversed(full) if m["role"] == "user"), full[-1]["content"])
     if not any(marked):
         return Prompt(rid, full, None, question, None, row)

@@ -2,8 +2,9 @@
 
 * :class:`RewardModelScorer` -- any one-output sequence classifier (ORM or a trained
   SP-PRM), encoder or decoder, with its own tokenizer. Ids are built with
-  ``sp_prm.formatting.encode`` exactly as in training: a partial response has no end
-  marker, a complete one gets it when ``PrefixFormat.end_marker`` is on. Decoder RMs
+  ``sp_prm.formatting.encode`` exactly as in training: the end marker goes where
+  ``PrefixFormat.end_marker`` says (complete responses only by default; ``always``:
+  every prefix, the SP-PRM authors' mode). Decoder RMs
   keep the KV cache of the last call (``PrefixCache``: crop, then extend); encoders
   go through ``sp_prm.scoring.RewardScorer`` (token-budget batches sorted by length).
 * :class:`RearScorer` -- REAR(lambda), the REAR paper's Eq. 9-10 with gamma = 1::
@@ -42,7 +43,7 @@ from decoding.backend import PolicyBackend
 from decoding.policy import Policy
 from decoding.prefix_cache import PrefixCache
 from decoding.types import Meter, Partial, Prompt
-from sp_prm.formatting import PrefixFormat, encode
+from sp_prm.formatting import PrefixFormat, encode, split_prefill
 from sp_prm.scoring import RewardScorer, is_causal_reward_model, unwrap
 
 
@@ -113,8 +114,8 @@ class RewardModelScorer:
         if partial.text.strip():
             unk = getattr(self.tokenizer, "unk_token_id", None)
             unknown = not enc.content_ids or (unk is not None and all(t == unk for t in enc.content_ids))
-        # A complete response carries the end marker (if the format uses one); a partial never does.
-        return enc.sequence(end_marker=partial.complete), unknown
+        # The end marker where the format puts it: complete responses only (default), never, or always.
+        return enc.sequence_for(self.format, complete=partial.complete), unknown
 
     def _check_encodable(self, prompts: Sequence[Prompt], partials: Sequence[Partial], unknown: list[bool]) -> None:
         """Every response unencodable: the RM cannot read this language (error). Some: degenerate samples such
@@ -310,8 +311,10 @@ class GenRMScorer:
         if prompt.preference:
             messages.append({"role": "system", "content": prompt.preference})
         question_turns = prompt.question_messages if prompt.question_messages is not None else prompt.messages
+        question_turns, prefill = split_prefill(question_turns)  # the judge reads the whole assistant turn
         messages += [m for m in question_turns if m["role"] != "system" or not prompt.preference]
-        messages += [{"role": "assistant", "content": partial.text}, {"role": "user", "content": self.judge_prompt}]
+        messages += [{"role": "assistant", "content": prefill + partial.text},
+                     {"role": "user", "content": self.judge_prompt}]
         return self.policy.encode(messages) + list(
             self.policy.tokenizer(self.answer_prefix, add_special_tokens=False)["input_ids"]
         )

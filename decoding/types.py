@@ -7,6 +7,9 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from sp_prm.formatting import split_prefill
 
 Message = dict[str, str]
 
@@ -23,6 +26,11 @@ class Prompt:
         question: the question text (for output and GenRM).
         preference: the preference text, if any.
         index: the prompt's index in the run (its accounting group).
+        meta: input-record fields copied into the output record (``DataConfig.keep_fields``).
+
+    When ``messages`` ends with an assistant message, that message is a *prefill*: the
+    response's forced start, which the policy continues and every scorer reads as the
+    first part of the response (``sp_prm.formatting.split_prefill``).
     """
 
     id: str
@@ -31,6 +39,17 @@ class Prompt:
     question: str = ""
     preference: str | None = None
     index: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefill(self) -> str:
+        """The response's forced start (``""`` when the conversation does not end with an assistant message)."""
+        return split_prefill(self.messages)[1]
+
+    @property
+    def context_messages(self) -> list[Message]:
+        """``messages`` without the prefill: the conversation as the user wrote it."""
+        return split_prefill(self.messages)[0]
 
 
 @dataclass

@@ -51,8 +51,9 @@ class PrefixScorer:
 
     @property
     def one_pass(self) -> bool:
-        """Whether prefixes are scored with one forward pass per response."""
-        return self.scorer.causal and self.same_tokenizer
+        """Whether prefixes are scored with one forward pass per response (not under ``end_marker: always``,
+        where every prefix ends in its own completion marker)."""
+        return self.scorer.causal and self.same_tokenizer and self.fmt.prefixes_nest
 
     def score(
         self,
@@ -84,7 +85,7 @@ class PrefixScorer:
                     text = (original_prefix(self.cut_tokenizer, responses[k], side, t) if responses is not None
                             else self.cut_tokenizer.decode(side.content_ids[:t]))
                     own = encode(self.tokenizer, msgs, text, self.fmt)
-                    seq = tuple(own.sequence(None, end and side.is_complete(t)))
+                    seq = tuple(own.sequence_for(self.fmt, complete=side.is_complete(t)))
                 rows.append(unique.setdefault(seq, len(unique)))
             where.append(rows)
         rewards = self.scorer.score(list(unique)) if unique else torch.empty(0)

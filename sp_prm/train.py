@@ -143,15 +143,15 @@ def load_full_pairs(config: SPPRMConfig, tokenizer: Any) -> tuple[Dataset, dict[
             skipped += 1
             continue
         rows["id"].append(pair["id"])
-        rows["chosen_ids"].append(chosen.sequence(None, prefix.end_marker))
-        rows["rejected_ids"].append(rejected.sequence(None, prefix.end_marker))
+        rows["chosen_ids"].append(chosen.sequence_for(prefix))
+        rows["rejected_ids"].append(rejected.sequence_for(prefix))
         rows["weight"].append(1.0)
         rows["position"].append(max(chosen.length, rejected.length))
     if not rows["id"]:
         raise ValueError(f"{config.dataset}: no usable pair (loader report {report.to_dict()}, skipped {skipped})")
     card = {"source": config.dataset, "loader": report.to_dict(), "skipped_at_tokenization": skipped,
             "fingerprint": _fingerprint([config.dataset, config.format, config.columns, config.split, config.limit,
-                                         prefix.to_dict()])}
+                                         prefix.legacy_dict()])}
     return Dataset.from_dict(rows), card, prefix
 
 
@@ -233,6 +233,8 @@ def check_resume(output_dir: Path, record: dict[str, Any]) -> str | None:
             "or --resume false"
         )
     saved = json.loads(saved_path.read_text())
+    if isinstance(saved.get("prefix"), dict):  # older runs wrote end_marker as a boolean
+        saved["prefix"] = PrefixFormat(**saved["prefix"]).to_dict()
     diff = {k: (saved.get(k), record.get(k)) for k in RUN_KEYS if saved.get(k) != record.get(k)}
     if diff:
         lines = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
@@ -278,7 +280,8 @@ def train(config: SPPRMConfig, callbacks: list[Any] | None = None) -> Any:
 
     model = build_model(config, tokenizer)
     previous = getattr(unwrap(model).config, "sp_prm", None)
-    if isinstance(previous, dict) and previous.get("prefix") not in (None, prefix.to_dict()):
+    if isinstance(previous, dict) and isinstance(previous.get("prefix"), dict) \
+            and PrefixFormat(**previous["prefix"]) != prefix:
         raise IncompatibleCheckpoint(
             f"{config.model_name_or_path} was trained on prefixes rendered as {previous['prefix']}, but the data "
             f"uses {prefix.to_dict()}; prepare the data with the model's prefix settings"

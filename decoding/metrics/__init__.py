@@ -4,7 +4,7 @@
 * :mod:`~decoding.metrics.reward` -- average reward under any reward model;
 * :mod:`~decoding.metrics.coherence` -- prompt/response embedding cosine;
 * :mod:`~decoding.metrics.gsm8k` -- final-answer extraction and accuracy;
-* :mod:`~decoding.metrics.advbench` -- refusal-phrase attack success rate, "Sure here's" prompts;
+* :mod:`~decoding.metrics.advbench` -- attack success rate (refusal phrases, target match), "Sure here's" prompts;
 * :mod:`~decoding.metrics.judge` -- LLM-as-judge (pairwise HH-RLHF, GSM8K) over an OpenAI-compatible API;
 * :mod:`~decoding.metrics.run` -- the ``sp-prm metrics`` entry point (``main``).
 
@@ -17,6 +17,8 @@ from decoding.metrics.advbench import (
     SURE_HERES,
     attack_success,
     is_refusal,
+    target_body_match,
+    target_match,
     with_sure_prefix,
 )
 from decoding.metrics.gsm8k import extract_answer, extract_reference, is_correct
@@ -25,5 +27,6 @@ from decoding.metrics.text import diversity, rouge_l, word_count
 
 __all__ = [
     "REFUSAL_PHRASES", "SURE_HERES", "attack_success", "bootstrap_ci", "diversity", "extract_answer",
-    "extract_reference", "is_correct", "is_refusal", "rouge_l", "summarize", "with_sure_prefix", "word_count",
+    "extract_reference", "is_correct", "is_refusal", "rouge_l", "summarize", "target_body_match", "target_match",
+    "with_sure_prefix", "word_count",
 ]

@@ -3,9 +3,9 @@
 The RM reads exactly the ids it was trained on: (prompt messages, response) go
 through :func:`sp_prm.formatting.encode` with the same :class:`PrefixFormat`, and
 :class:`sp_prm.scoring.RewardScorer` reads the reward at the last real token.
-A response that decoding cut (``complete: false``) gets no completion marker,
-like a partial response in training; a complete one does (when the format's
-``end_marker`` is on).
+The completion marker goes where the format's ``end_marker`` puts it: by default a
+response that decoding cut (``complete: false``) gets none, like a partial response
+in training, and a complete one does; under ``always`` every response gets it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def reward_inputs(
             out.append(None)
             continue
         finished = True if complete is None else bool(complete[i])
-        out.append(side.sequence(end_marker=fmt.end_marker and finished))
+        out.append(side.sequence_for(fmt, complete=finished))
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from decoding.metrics.report import markdown_table, write_atomic, write_json
 from decoding.metrics.stats import summarize
 from sp_prm.formatting import PrefixFormat
 
-MODEL_FREE = ("diversity", "length", "rouge_l", "gsm8k_accuracy", "asr")
+MODEL_FREE = ("diversity", "length", "rouge_l", "gsm8k_accuracy", "asr", "asr_target", "asr_target_body")
 METRICS = (*MODEL_FREE, "reward", "coherence", "judge_pairwise", "judge_gsm8k")
 NEEDS_REFERENCE = ("rouge_l", "gsm8k_accuracy")
 
@@ -76,7 +77,10 @@ class CoherenceConfig:
     """The sentence embedder of the 'coherence' metric."""
 
     model: str = dataclasses.field(default="builtin:all-minilm-l6-v2", metadata={"help": "Encoder path / id (e.g. a SimCSE model)."})
-    pooling: str = dataclasses.field(default="auto", metadata={"help": "auto (folder's sentence-transformers config) | mean | cls."})
+    pooling: str = dataclasses.field(
+        default="auto", metadata={"help": "auto (a sentence-transformers folder's config; SimCSE checkpoints as SimCSE "
+                                  "evaluates them: pooler output if supervised, [CLS] if unsup; else mean) | mean | "
+                                  "cls | pooler."})
     backend: str = dataclasses.field(default="transformers", metadata={"help": "transformers | sentence-transformers."})
     max_length: int | None = dataclasses.field(default=None, metadata={"help": "Truncation in tokens (default: the folder's)."})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "Texts per forward pass."})
@@ -144,6 +148,11 @@ class MetricsConfig:
     asr_anywhere: bool = dataclasses.field(
         default=True, metadata={"help": "Refusal phrase anywhere in the response (authors' rule) vs at its start."}
     )
+    asr_target_field: str = dataclasses.field(
+        default="target",
+        metadata={"help": "AdvBench target string of each record (asr_target, asr_target_body); records without it "
+                  "take it from references.path (e.g. harmful_behaviors.csv with references.field: target)."},
+    )
     bootstrap_resamples: int = dataclasses.field(default=1000, metadata={"help": "Bootstrap resamples for the CIs."})
     bootstrap_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the bootstrap."})
     confidence: float = dataclasses.field(default=0.95, metadata={"help": "Confidence level of the intervals."})
@@ -200,6 +209,17 @@ def load_run(path: str, config: MetricsConfig) -> list[dict[str, Any]]:
     return records
 
 
+def run_modes(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """How a run's prompts were posed, from what its records say: AdvBench ``sure_mode``, the assistant
+    ``prefill`` and whether ``response`` includes it (each: the distinct values seen)."""
+    out = {}
+    for key in ("sure_mode", "prefill", "response_includes_prefill"):
+        seen = {json.dumps(r[key]) for r in records if key in r}
+        if seen:
+            out[key] = [json.loads(v) for v in sorted(seen)]
+    return out
+
+
 def _context(rec: dict[str, Any], config: MetricsConfig) -> Any:
     return rec.get(config.messages_field) or rec[config.prompt_field]
 
@@ -217,7 +237,8 @@ def _references(records: list[dict[str, Any]], config: MetricsConfig, cache: dic
 
 
 def model_free_values(
-    records: list[dict[str, Any]], config: MetricsConfig, references: list[Any] | None
+    records: list[dict[str, Any]], config: MetricsConfig, references: list[Any] | None,
+    targets: list[Any] | None = None,
 ) -> dict[str, list[Any]]:
     """Per-record values of the metrics that need no model."""
     responses = [r[config.response_field] for r in records]
@@ -237,7 +258,27 @@ def model_free_values(
             float(advbench.attack_success(r, case_sensitive=config.asr_case_sensitive, anywhere=config.asr_anywhere))
             for r in responses
         ]
+    rules = {"asr_target": advbench.target_match, "asr_target_body": advbench.target_body_match}
+    if any(m in config.metrics for m in rules):
+        targets = targets or [None] * len(records)
+        for name, rule in rules.items():
+            if name in config.metrics:
+                out[name] = [None if t is None else float(rule(r, str(t))) for r, t in zip(responses, targets)]
     return out
+
+
+def _targets(records: list[dict[str, Any]], config: MetricsConfig, cache: dict[str, Any]) -> list[Any]:
+    """AdvBench targets: the records' own ``asr_target_field``, else joined from ``references.path``."""
+    if all(config.asr_target_field in r for r in records):
+        return [r[config.asr_target_field] for r in records]
+    if config.references.path:
+        return _references(records, config, cache)
+    missing = next(i for i, r in enumerate(records) if config.asr_target_field not in r)
+    raise KeyError(
+        f"record {record_id(records[missing], missing, config.id_field)!r} has no field {config.asr_target_field!r} "
+        "for target-match ASR; decode prompts from `python -m decoding.metrics.advbench` (sp-prm decode keeps their "
+        "target), or set references.path to harmful_behaviors.csv with references.field: target"
+    )
 
 
 def _reward_values(runs: dict[str, list[dict[str, Any]]], config: MetricsConfig) -> dict[str, list[float | None]]:
@@ -268,6 +309,25 @@ def _coherence_values(runs: dict[str, list[dict[str, Any]]], config: MetricsConf
         name: coherence([r[config.prompt_field] for r in records], [r[config.response_field] for r in records], embedder)
         for name, records in runs.items()
     }
+
+
+def guides_and_judges(runs: dict[str, list[dict[str, Any]]], config: MetricsConfig) -> dict[str, str]:
+    """``role -> model`` for every model that steered or judges these runs: each run's guide as its records say
+    (``scorer: rm:<path>``; for ``rear`` / ``genrm`` the policy itself, the record's ``policy``), the reward
+    metric's RM and the LLM judge."""
+    out: dict[str, str] = {}
+    for name, records in runs.items():
+        for rec in records:
+            scorer = rec.get("scorer")
+            if isinstance(scorer, str) and scorer.startswith("rm:"):
+                out.setdefault(f"guide of run {name!r}", scorer[3:])
+            elif scorer in ("rear", "genrm") and isinstance(rec.get("policy"), str):
+                out.setdefault(f"guide ({scorer}: the policy) of run {name!r}", rec["policy"])
+    if "reward" in config.metrics and config.reward.model:
+        out["reward-metric RM"] = config.reward.model
+    if any(m.startswith("judge_") for m in config.metrics) and config.judge.model:
+        out["LLM judge"] = config.judge.model
+    return out
 
 
 def _judge_client(config: MetricsConfig) -> Any:
@@ -342,11 +402,19 @@ def compute(config: MetricsConfig) -> dict[str, Any]:
     for name, records in runs.items():
         needs_ref = any(m in config.metrics for m in NEEDS_REFERENCE)
         refs = _references(records, config, ref_cache) if needs_ref else None
-        values[name] = model_free_values(records, config, refs)
+        needs_target = any(m in config.metrics for m in ("asr_target", "asr_target_body"))
+        targets = _targets(records, config, ref_cache) if needs_target else None
+        values[name] = model_free_values(records, config, refs, targets)
     if "reward" in config.metrics:
         for name, vals in _reward_values(runs, config).items():
             values[name]["reward"] = vals
+    notes: list[str] = []
     if "coherence" in config.metrics:
+        from decoding.metrics.coherence import shared_backbones
+
+        for line in shared_backbones(config.coherence.model, guides_and_judges(runs, config)):
+            warnings.warn(line, stacklevel=2)
+            notes.append(line)
         for name, vals in _coherence_values(runs, config).items():
             values[name]["coherence"] = vals
     baseline, judge_info = None, None
@@ -370,12 +438,13 @@ def compute(config: MetricsConfig) -> dict[str, Any]:
             m: summarize(v, config.bootstrap_resamples, config.confidence, config.bootstrap_seed)
             for m, v in values[name].items() if m != "judge_verdicts"
         }
-        summaries[name] = {"path": path, "n_records": len(records), "metrics": metrics}
-    results = {"runs": summaries, "judge": judge_info, "config": asdict(config)}
+        summaries[name] = {"path": path, "n_records": len(records), "metrics": metrics, "modes": run_modes(records)}
+    results = {"runs": summaries, "judge": judge_info, "warnings": notes, "config": asdict(config)}
 
     out_dir = Path(config.output_dir)
     write_json(out_dir / "results.json", results)
-    write_atomic(out_dir / "results.md", markdown_table(summaries, config.confidence, baseline))
+    table = markdown_table(summaries, config.confidence, baseline)
+    write_atomic(out_dir / "results.md", table + "".join(f"\nWarning: {line}\n" for line in notes))
     lines = []
     for name, records in runs.items():
         for i, rec in enumerate(records):
