@@ -206,6 +206,7 @@ class Preparer:
         sides: list[EncodedResponse] = []
         side_positions: list[list[int]] = []
         side_messages: list[list[dict]] = []
+        side_texts: list[str] = []  # original responses: a reference with another tokenizer reads their own text
         for pair in pairs:
             try:
                 chosen = encode(tok, pair["prompt"], pair["chosen"], c.prefix)
@@ -229,6 +230,7 @@ class Preparer:
                 sides.append(enc)
                 side_positions.append(positions)
                 side_messages.append(pair["prompt"])
+                side_texts.append(pair[name])
             for j, t in enumerate(positions):
                 rows["id"].append(pair["id"])
                 rows["prompt"].append(pair["prompt"])
@@ -249,7 +251,7 @@ class Preparer:
             rows["ref_gap"] = [None] * n
             rows["weight"] = [1.0] * n
             return Dataset.from_dict(rows, features=FEATURES)
-        rewards = self.reference.score(sides, side_positions, side_messages)
+        rewards = self.reference.score(sides, side_positions, side_messages, side_texts)
         self.counts["reference_scoring_one_pass"] = int(self.reference.one_pass)
         chosen_r = torch.cat(rewards[0::2]) if rewards else torch.empty(0)
         rejected_r = torch.cat(rewards[1::2]) if rewards else torch.empty(0)

@@ -13,7 +13,7 @@ COMMANDS = {
     "train": ("sp_prm.train", "train an SP-PRM (weighted / unweighted) or an ORM reward model"),
     "merge": ("sp_prm.merge", "merge a LoRA reward-model adapter into a plain checkpoint"),
     "decode": ("decoding.decode", "reward-guided decoding: Best-of-N / DVTS with REAR, GenRM or an RM"),
-    "evaluate-rm": ("sp_prm.evaluate", "accuracy / agreement of reward models on full and partial responses"),
+    "evaluate-rm": ("decoding.process_value", "accuracy / agreement of reward models on full and partial responses"),
     "metrics": ("decoding.metrics.run", "reward, diversity, coherence, ROUGE-L, GSM8K, AdvBench ASR, LLM judge"),
 }
 

@@ -44,8 +44,39 @@ from tqdm.auto import tqdm
 from data_prep.loaders import PreferenceSource, source_field
 from sp_prm.formatting import EncodedResponse, PrefixFormat, PromptTooLong, encode
 from sp_prm.models import load_reward_model, load_tokenizer, trained_prefix_format
-from sp_prm.prefix_scoring import PrefixScorer
+from sp_prm.prefix_scoring import PrefixScorer, original_prefix
 from sp_prm.scoring import RewardScorer
+
+
+@dataclass
+class ProcessValueConfig:
+    """Ground-truth process value V(prefix) = mean gold reward of policy rollouts (decoding.process_value)."""
+
+    policy: str = field(default="builtin:smollm2-135m-instruct", metadata={"help": "Policy that continues prefixes."})
+    gold_rm: str = field(default="", metadata={"help": "Gold reward model that judges the finished responses."})
+    rollouts: int = field(default=8, metadata={"help": "Continuations M per prefix (V is their mean gold reward)."})
+    max_response_tokens: int = field(default=64, metadata={
+        "help": "Policy tokens a whole response may have (a continuation gets what the prefix leaves)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus mass of the rollouts."})
+    seed: int = field(default=0, metadata={"help": "Base seed; each rollout's seed hashes it with the prefix."})
+    budget_ends_response: bool = field(default=False, metadata={
+        "help": "Judge a rollout that reached max_response_tokens as a finished response (a testbed whose "
+                "responses are whatever the policy wrote within the budget), not as a partial one."})
+    cuts: list[str] | None = field(default=None, metadata={
+        "help": "Cut labels valued (default: full and every t=N; f=F cuts cost as much again)."})
+    dtype: str = field(default="float32", metadata={"help": "Policy and gold RM dtype."})
+    device: str | None = field(default=None, metadata={"help": "cpu / cuda (default: cuda if available)."})
+    batch_rows: int = field(default=64, metadata={"help": "Rollout rows sampled together."})
+    cache: str | None = field(default=None, metadata={
+        "help": "File of computed values to reuse and extend (so several evaluations share rollouts)."})
+    progress: bool = field(default=True, metadata={"help": "Progress bar over rollout chunks."})
+
+    def __post_init__(self) -> None:
+        if not self.gold_rm:
+            raise ValueError("process_value.gold_rm: give the gold reward model that defines V")
+        if self.rollouts < 2:
+            raise ValueError(f"process_value.rollouts must be >= 2 (V's split-half reliability), got {self.rollouts}")
 
 
 @dataclass
@@ -85,11 +116,16 @@ class EvaluateConfig(PreferenceSource):
     allow_untrained_head: bool = field(
         default=False, metadata={"help": "Accept a model whose score head is newly initialised (random rewards; "
                                           "for tests only). Off: such a model is refused."})
+    process_value: ProcessValueConfig | None = field(default=None, metadata={
+        "help": "Compare every RM with the true process value V of the prefixes (rollouts judged by a gold RM); "
+                "needs `sp-prm evaluate-rm` (the decoding layer computes V)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
+        if isinstance(self.process_value, dict):
+            self.process_value = ProcessValueConfig(**self.process_value)
         if isinstance(self.models, str):
             self.models = [self.models]
         if not self.models:
@@ -210,14 +246,25 @@ def _markdown(results: dict[str, Any], labels: list[str], n: int, has_ref: bool,
     return "\n".join(lines) + "\n"
 
 
-def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """Score every model on identical prefixes; write and return the results."""
+def evaluate(config: EvaluateConfig, value_fn: Any = None) -> dict[str, Any]:
+    """Score every model on identical prefixes; write and return the results.
+
+    ``value_fn`` (needed with ``config.process_value``): prefixes -> ``[n, M]`` rollout gold rewards,
+    e.g. ``decoding.process_value.value_function``. It is passed in rather than imported because
+    ``sp_prm`` is the bottom layer and must not import ``decoding`` (the policy lives there);
+    ``sp-prm evaluate-rm`` dispatches to ``decoding.process_value.main``, which passes it.
+    """
+    if config.process_value is not None and value_fn is None:
+        raise ValueError("process_value needs the policy (the decoding layer): run `sp-prm evaluate-rm`, "
+                         "not `python -m sp_prm.evaluate`")
     from data_prep.loaders import load_preferences
 
     pairs, report = load_preferences(config.source_block())
     cut_tok = load_tokenizer(config.tokenizer or config.models[0], config.trust_remote_code)
     sides: list[EncodedResponse] = []
     messages = []
+    kept_ids: list[str] = []
+    responses: list[str] = []
     skipped = 0
     for pair in pairs:
         try:
@@ -230,6 +277,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             continue
         sides += encs
         messages += [pair["prompt"], pair["prompt"]]
+        kept_ids.append(str(pair["id"]))
+        responses += [pair["chosen"], pair["rejected"]]
     if not sides:
         raise ValueError(f"{config.source}: no usable pairs to evaluate (loader: {report.to_dict()})")
     positions = [cut_positions(s, config) for s in sides]
@@ -259,7 +308,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 f"{config.prefix.to_dict()}; set --prefix to the model's format"
             )
         scorer = PrefixScorer(RewardScorer(model, tok.pad_token_id, config.batch_tokens), tok, cut_tok, config.prefix)
-        rewards = torch.stack(scorer.score(sides, positions, messages))  # [2 * pairs, cuts]
+        rewards = torch.stack(scorer.score(sides, positions, messages, responses))  # [2 * pairs, cuts]
         scores[name] = (rewards[0::2], rewards[1::2])
         del model, scorer
         gc.collect()
@@ -283,13 +332,21 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                     wins[:, j], base_wins[:, j], config.bootstrap_samples, config.seed)
     out = {"config": asdict(config), "n_pairs": len(sides) // 2, "skipped_pairs": skipped,
            "loader": report.to_dict(), "baseline": baseline if len(scores) > 1 else None, "results": results}
+    values = None
+    if config.process_value is not None:
+        values = _process_value(config, value_fn, sides, positions, messages, responses, labels, cut_tok)
+        out["process_value"] = _value_results(config, values, scores, labels, baseline)
 
     target = Path(config.output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     (tmp / "results.json").write_text(json.dumps(out, indent=2))
     (tmp / "results.md").write_text(
-        _markdown(results, labels, out["n_pairs"], ref is not None, out["baseline"]))
+        _markdown(results, labels, out["n_pairs"], ref is not None, out["baseline"])
+        + (_value_markdown(out["process_value"]) if values is not None else ""))
+    if values is not None:
+        torch.save({"labels": values["labels"], "ids": kept_ids, "rollouts": values["rollouts"]},
+                   tmp / "process_value.pt")
     torch.save({"labels": labels, "rewards": {k: {"chosen": c, "rejected": r} for k, (c, r) in scores.items()}},
                tmp / "rewards.pt")
     _plot(results, config, tmp / "curves.png")
@@ -298,6 +355,87 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     os.replace(tmp, target)
     print((target / "results.md").read_text())
     return out
+
+
+def _process_value(config: EvaluateConfig, value_fn: Any, sides: list[EncodedResponse], positions: list[list[int]],
+                   messages: list[Any], responses: list[str], labels: list[str], cut_tok: Any) -> dict[str, Any]:
+    """Rollout gold rewards ``[2 * pairs, M]`` of every side's prefix at each valued cut."""
+    pv = config.process_value
+    valued = pv.cuts if pv.cuts is not None else [c for c in labels if c == "full" or c.startswith("t=")]
+    unknown = [c for c in valued if c not in labels]
+    if unknown:
+        raise ValueError(f"process_value.cuts: {unknown} are not evaluated cuts {labels}")
+    from sp_prm.formatting import as_messages
+
+    items, where = [], []
+    for label in valued:
+        j = labels.index(label)
+        for s, (side, msgs) in enumerate(zip(sides, messages)):
+            t = positions[s][j]
+            text = original_prefix(cut_tok, responses[s], side, t)
+            items.append((as_messages(msgs), text, side.is_complete(t)))
+            where.append((label, s))
+    # the decoding layer's PrefixItem is built from these (messages, text, complete) triples
+    rollouts = value_fn(items)
+    if rollouts.shape[0] != len(items):
+        raise ValueError(f"value_fn returned {rollouts.shape[0]} rows for {len(items)} prefixes")
+    per_cut = {label: rollouts[i * len(sides):(i + 1) * len(sides)] for i, label in enumerate(valued)}
+    return {"labels": valued, "rollouts": per_cut}
+
+
+def _value_results(config: EvaluateConfig, values: dict[str, Any], scores: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   labels: list[str], baseline: str) -> dict[str, Any]:
+    from sp_prm.value_agreement import value_metrics
+
+    out: dict[str, Any] = {"rollouts": config.process_value.rollouts, "cuts": {}}
+    for label in values["labels"]:
+        j = labels.index(label)
+        roll = values["rollouts"][label].numpy()  # [2n, M]
+        v = roll.mean(1)
+        even, odd = roll[:, 0::2].mean(1), roll[:, 1::2].mean(1)
+        rewards = {name: (c[:, j].numpy(), r[:, j].numpy()) for name, (c, r) in scores.items()}
+        m = value_metrics(rewards, v[0::2], v[1::2], ((even[0::2], even[1::2]), (odd[0::2], odd[1::2])),
+                          baseline if len(scores) > 1 else None, config.bootstrap_samples, seed=config.seed)
+        m["v_mean"] = float(v.mean())
+        m["v_std"] = float(v.std())
+        m["v_mc_stderr"] = float((roll.std(1, ddof=1) / np.sqrt(roll.shape[1])).mean())
+        out["cuts"][label] = m
+    return out
+
+
+def _value_markdown(pv: dict[str, Any]) -> str:
+    cuts = pv["cuts"]
+    names = list(next(iter(cuts.values()))["models"])
+
+    def ci(m: dict[str, Any], key: str, digits: int = 3) -> str:
+        lo, hi = m[f"{key}_ci"]
+        return f"{m[key]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    lines = ["", f"## Agreement with the process value V (mean gold reward of {pv['rollouts']} policy rollouts)", "",
+             "Share of pairs ordered as V orders them (pairs with equal V left out; RM ties wrong), bootstrap 95% CI. "
+             "V ceiling: V from the even rollouts vs V from the odd ones.", "",
+             "| cut | pairs (distinct V) | V ceiling | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for label, m in cuts.items():
+        lo, hi = m["v_split_half_agreement_ci"]
+        cells = [ci(m["models"][n], "agreement") for n in names]
+        lines.append(f"| {label} | {m['pairs']} ({m['pairs_with_distinct_v']}) | {m['v_split_half_agreement']:.3f} "
+                     f"[{lo:.3f}, {hi:.3f}] | " + " | ".join(cells) + " |")
+    others = [n for n in names if "agreement_vs_baseline" in next(iter(cuts.values()))["models"][n]]
+    if others:
+        lines += ["", "Agreement with V minus the baseline's, same pairs (paired bootstrap 95% CI):", "",
+                  "| cut | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for label, m in cuts.items():
+            cells = []
+            for n in others:
+                d = m["models"][n]["agreement_vs_baseline"]
+                cells.append(f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Rank correlation with V over all prefixes of the cut: Spearman rho / Kendall tau-b (95% CI):", "",
+              "| cut | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, m in cuts.items():
+        cells = [f"{ci(m['models'][n], 'spearman', 2)} / {ci(m['models'][n], 'kendall', 2)}" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,26 @@ from sp_prm.formatting import EncodedResponse, Message, PrefixFormat, encode
 from sp_prm.scoring import RewardScorer
 
 
+def original_prefix(cut_tok: Any, response: str, side: EncodedResponse, t: int) -> str:
+    """The response's own text up to the end of its ``t``-th cut token.
+
+    Decoding the cut ids would lose the case and spacing of an uncased or normalising tokenizer
+    (MiniLM decodes "Hello, World" as "hello, world"), and the policy must continue the real text.
+    The response is tokenized alone (with its leading space, as the plain transcript has it); when
+    those ids are not the ones the rendering produced, the decoded text is the fallback.
+    """
+    if t >= side.length:
+        return response if not side.response_truncated else cut_tok.decode(side.content_ids)
+    for body in (" " + response, response):
+        try:
+            enc = cut_tok(body, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError):  # a slow tokenizer has no offsets
+            break
+        if list(enc["input_ids"][:t]) == list(side.content_ids[:t]):
+            return body[: enc["offset_mapping"][t - 1][1]].lstrip()
+    return cut_tok.decode(side.content_ids[:t])
+
+
 class PrefixScorer:
     """A :class:`RewardScorer` plus the tokenizer it reads, bound to a cut tokenizer."""
 
@@ -40,8 +60,14 @@ class PrefixScorer:
         sides: Sequence[EncodedResponse],
         positions: Sequence[Sequence[int]],
         messages: Sequence[Sequence[Message]],
+        responses: Sequence[str] | None = None,
     ) -> list[torch.Tensor]:
-        """Reward of each side's prefix at each of its positions (response tokens kept)."""
+        """Reward of each side's prefix at each of its positions (response tokens kept).
+
+        ``responses``: each side's original text. A model with another tokenizer then reads the
+        response's own text up to the cut (:func:`original_prefix`), not the decoded cut ids, which an
+        uncased cut tokenizer (MiniLM) would hand to a cased model lowercased.
+        """
         end = self.fmt.end_marker
         if self.one_pass and not any(s.suffix_ids for s in sides):
             seqs = [s.sequence(None, end) for s in sides]
@@ -50,13 +76,14 @@ class PrefixScorer:
         # One pass per prefix; identical sequences (a clipped shorter side repeats) are scored once.
         unique: dict[tuple[int, ...], int] = {}
         where: list[list[int]] = []
-        for side, pos, msgs in zip(sides, positions, messages):
+        for k, (side, pos, msgs) in enumerate(zip(sides, positions, messages)):
             rows = []
             for t in pos:
                 if self.same_tokenizer:
                     seq = tuple(side.sequence(t, end))
                 else:
-                    text = self.cut_tokenizer.decode(side.content_ids[:t])
+                    text = (original_prefix(self.cut_tokenizer, responses[k], side, t) if responses is not None
+                            else self.cut_tokenizer.decode(side.content_ids[:t]))
                     own = encode(self.tokenizer, msgs, text, self.fmt)
                     seq = tuple(own.sequence_for(self.fmt, complete=side.is_complete(t)))
                 rows.append(unique.setdefault(seq, len(unique)))

@@ -230,8 +230,8 @@ def test_verifiable_prompt_selection_on_real_data():
     assert {names.count(p) for p in cfg.preferences} == {6}
 
 
-@pytest.mark.parametrize("path", sorted(p for p in RECIPES.glob("*.yaml") if not p.name.startswith("prm_guided")),
-                         ids=lambda p: p.name)  # prm_guided: tests/test_prm_guided.py
+@pytest.mark.parametrize("path", sorted(p for p in RECIPES.glob("*.yaml") if not p.name.startswith(("prm_guided", "gold"))),
+                         ids=lambda p: p.name)  # prm_guided: tests/test_prm_guided.py; gold: tests/test_gold.py
 def test_experiment_recipes_parse(path):
     cls = rv.RearVerifiableConfig if path.name.startswith("rear_verifiable") else pc.PrefEvalChoiceConfig
     cfg = load_config(cls, ["--config", str(path)])

@@ -1,0 +1,75 @@
+"""The gold testbed's command line: ``python -m experiments.gold.run <stage> --config <recipe> [--key value ...]``.
+
+Stages: ``teacher`` (a), ``data`` (b), ``contenders`` (c, per ``--seed``), ``value`` and ``search``
+(d, per ``--seed``), ``compare`` (every finished seed of ``seeds``), ``all`` (every stage for one
+seed, then compare). Each skips what it already finished, so a killed run resumes with the same
+command. Wall times go to ``<work_dir>/times.json`` and ``<work_dir>/seed<N>/times.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from experiments.gold._common import atomic_write_text
+from experiments.gold.config import GoldConfig
+
+STAGES = ("teacher", "data", "contenders", "value", "search", "compare", "all")
+
+
+def _log_time(cfg: GoldConfig, stage: str, seconds: float) -> None:
+    log = cfg.root / "times.json"
+    times = json.loads(log.read_text()) if log.exists() else {}
+    times[stage] = round(times.get(stage, 0.0) + seconds, 1)
+    atomic_write_text(log, json.dumps(times, indent=1) + "\n")
+
+
+def run_stage(cfg: GoldConfig, stage: str) -> None:
+    from experiments.gold import compare, onpolicy, stages, teacher
+
+    t0 = time.perf_counter()
+    if stage == "teacher":
+        if teacher.teacher_ready(cfg):
+            print(f"[gold] teacher: {cfg.teacher_dir} exists, skipped")
+            return
+        train = teacher.train_teacher if cfg.teacher.kind == "probe" else teacher.finetune_teacher
+        print(teacher.describe(train(cfg, progress=True) if cfg.teacher.kind == "probe" else train(cfg)))
+    elif stage == "data":
+        if not teacher.teacher_ready(cfg):
+            raise FileNotFoundError(f"{cfg.teacher_dir}: run the teacher stage first")
+        print(json.dumps(onpolicy.build_data(cfg), indent=1))
+    elif stage == "contenders":
+        stages.run_contenders(cfg, cfg.seed)
+    elif stage == "value":
+        stages.run_value(cfg, cfg.seed)
+    elif stage == "search":
+        stages.run_search(cfg, cfg.seed)
+    elif stage == "compare":
+        guides = cfg.search_guides or list(cfg.contenders)
+        summary = compare.write_report(cfg.root, cfg.seeds, guides, cfg.search_methods, cfg.bootstrap_resamples,
+                                       cfg.search_name)
+        print(compare.to_markdown(summary))
+        return
+    elif stage == "all":
+        for s in STAGES[:-1]:
+            run_stage(cfg, s)
+        return
+    else:
+        raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
+    _log_time(cfg, stage if stage in ("teacher", "data") else f"seed{cfg.seed}/{stage}", time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sp_prm.config import load_config
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in STAGES:
+        print(f"usage: python -m experiments.gold.run {{{','.join(STAGES)}}} --config recipe.yaml [--seed N] "
+              "[--key value ...]", file=sys.stderr)
+        raise SystemExit(2)
+    run_stage(load_config(GoldConfig, argv[1:]), argv[0])
+
+
+if __name__ == "__main__":
+    main()
