@@ -41,7 +41,9 @@ ALLOWED = {  # layer -> layers it may import
     "bottom": {"bottom"},
     "data_prep": {"bottom", "data_prep"},
     "training": {"bottom", "training", "data_prep"},
-    "decoding": {"bottom", "decoding"},
+    # ARCHITECTURE.md's order is bottom < data_prep < training < decoding; decoding.process_value (evaluate-rm's
+    # rollout values) composes the training layer's evaluation, so decoding may import training, never the reverse.
+    "decoding": {"bottom", "training", "data_prep", "decoding"},
     "cli": {"bottom", "training", "data_prep", "decoding", "cli"},
 }
 
