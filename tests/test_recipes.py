@@ -113,7 +113,8 @@ def test_decode_recipe_parses_in_the_registry_shape(path):
         assert getattr(config.search.params, key) == value
 
 
-EXPERIMENTS = sorted((RECIPES / "experiments").glob("*.yaml"))
+# gold_hh.yaml is parsed by its own staged config in tests/test_gold.py (experiments.gold has no RunOptions class).
+EXPERIMENTS = sorted(p for p in (RECIPES / "experiments").glob("*.yaml") if p.name != "gold_hh.yaml")
 
 
 def experiment_config(path: Path) -> type:
