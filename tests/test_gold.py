@@ -169,32 +169,22 @@ def test_contender_plan_same_budget_and_the_released_code_variant(tmp_path):
     assert arg(v, "--process_value.gold_rm") == str(cfg.teacher_dir) and arg(v, "--baseline") == "orm"
 
 
-def test_search_stage_refuses_args_without_the_spread_option(tmp_path):
-    @dataclasses.dataclass
-    class Old:
-        policy: dict = dataclasses.field(default_factory=dict)
-        sampling: dict = dataclasses.field(default_factory=dict)
-        pairs_path: str = ""
-        guides: dict = dataclasses.field(default_factory=dict)
-        gold_models: list = dataclasses.field(default_factory=list)
-        folds: int = 2
-        prompts_per_fold: int = 1
-        seed: int = 0
-        max_new_tokens: int = 1
-        methods: list = dataclasses.field(default_factory=list)
-        output_dir: str = ""
-        bootstrap_resamples: int = 1
-        n: int = 16
-
-    class Module:
-        PrmGuidedConfig = Old
-
-    cfg = GoldConfig(work_dir=str(tmp_path), search_overrides={"n": 8}, search_methods=["bon", "cbs", "args"])
-    with pytest.raises(ValueError, match="args_w_units"):
-        stages.search_config(cfg, 0, Module)
-    cfg.search_methods = ["bon", "cbs"]
-    got = stages.search_config(cfg, 0, Module)
+def test_search_stage_sets_the_scale_matched_args_and_cards_options(tmp_path):
+    """ARGS gets w in spread units and CARDS a tau_u quantile unless the overrides set them (RESULTS.md section 4)."""
+    cfg = GoldConfig(work_dir=str(tmp_path), search_overrides={"n": 8, "args": {"k": 3, "w": 0.5}},
+                     search_methods=["bon", "cbs", "args", "cards"])
+    got = stages.search_config(cfg, 0)
     assert list(got.guides)[0] == "orm" and got.gold_models == [str(cfg.teacher_dir)] and got.n == 8
+    assert (got.args.k, got.args.w, got.args.w_units) == (3, 0.5, "spread")
+    assert got.cards.tau_u_quantile == 0.9 and got.cards.max_segment_tokens == 16  # prm_guided's CARDS defaults kept
+    cfg.search_overrides = {"args": {"k": 3, "w_units": "raw"}}
+    assert stages.search_config(cfg, 0).args.w_units == "raw"
+    cfg.search_methods = ["bon", "cbs"]
+    got = stages.search_config(cfg, 0)
+    assert got.args.w_units == "raw" and got.cards.tau_u_quantile is None
+    cfg.search_overrides = {"cbs_beam_width": 4}
+    with pytest.raises(ValueError, match="search_overrides"):
+        stages.search_config(cfg, 0)
 
 
 def _write_value(d, ids, rewards, rollouts):
@@ -268,7 +258,7 @@ def test_every_stage_end_to_end_on_tiny_models(tmp_path, smollm_tokenizer, tiny_
     cfg.sst_pairs, cfg.value_pairs, cfg.token_counts, cfg.rollouts = 6, 4, [1, 2], 2
     cfg.search_prompts_per_fold, cfg.seeds, cfg.device = 1, [0], "cpu"
     cfg.data = dataclasses.replace(cfg.data, max_new_tokens=4)
-    cfg.search_overrides = {"n": 2, "cbs_beam_width": 1, "cbs_successors": 2, "cbs_chunk_length": 2,
+    cfg.search_overrides = {"n": 2, "cbs": {"beam_width": 1, "successors": 2, "chunk_length": 2},
                             "calibration_prompts": 1, "coherence_model": None, "progress": False}
     torch.manual_seed(0)
     rm = LlamaForSequenceClassification(tiny_llama_config(smollm_tokenizer)).eval()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from experiments.gold._common import atomic_write_text, read_records
+from experiments.common import atomic_write_text, read_records
 from sp_prm.value_agreement import pair_agreement
 
 PRIMARY_MAX_T = 20

@@ -109,12 +109,13 @@ class GoldConfig:
     search_guides: list[str] | None = field(default=None, metadata={
         "help": "Guides of the search stage (default: every trained contender; orm first = the baseline)."})
     search_methods: list[str] = field(default_factory=lambda: ["bon", "cbs"], metadata={
-        "help": "Decoders: bon, cbs (the primary endpoint), args (needs `args_w_units: spread`), cards "
-                "(needs `cards_tau_u_quantile`)."})
+        "help": "Decoders: bon, cbs (the primary endpoint), args (run with args.w_units: spread), cards "
+                "(run with cards.tau_u_quantile: 0.9), unless search_overrides set those."})
     search_name: str = field(default="search", metadata={
         "help": "Sub-folder of the seed's search run (another name for a second run, e.g. args/cards on two guides)."})
     search_overrides: dict[str, object] = field(default_factory=dict, metadata={
-        "help": "Extra fields of the prm_guided config (n, args_k, args_w, args_w_units, cards_tau_u_quantile, ...)."})
+        "help": "Extra fields of the prm_guided config, its search blocks nested (n, args: {k, w, w_units}, "
+                "cbs: {...}, cards: {tau_u_quantile, ...}, ...)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds compare pools."})
     seed: int = field(default=0, metadata={"help": "The training seed of the seed stages."})
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of every interval."})

@@ -27,7 +27,7 @@ import random
 import statistics
 from typing import Any
 
-from experiments.gold._common import append_records, atomic_write_text, read_records
+from experiments.common import append_records, atomic_write_text, read_records
 from experiments.gold.config import GoldConfig
 
 

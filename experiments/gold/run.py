@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from experiments.gold._common import atomic_write_text
+from experiments.common import atomic_write_text
 from experiments.gold.config import GoldConfig
 
 STAGES = ("teacher", "data", "contenders", "value", "search", "compare", "all")

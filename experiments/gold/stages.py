@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.gold._common import atomic_write_text, prm_guided_module
+from experiments.common import atomic_write_text
 from experiments.gold.config import GoldConfig
 
 SST_DATA = {"sp-prm-student-ref": "sst-student", "sp-prm-teacher-ref": "sst-teacher", "eq2": "sst-all",
@@ -148,27 +148,20 @@ def run_value(cfg: GoldConfig, seed: int) -> None:
 
 # -- search ----------------------------------------------------------------------------------------------
 
-# fields of the prm_guided config this testbed needs for ARGS / CARDS (added by the search-registry lane):
-# without them ARGS would use one w for guides whose reward scales differ, and CARDS a tau_u the policy
-# never reaches (RESULTS.md section 4's two flaws), so the stage refuses to run those methods.
-NEEDS = {"args": ("args_w_units", "spread"), "cards": ("cards_tau_u_quantile", 0.9)}
+# ARGS's w in units of each guide's reward spread over the k candidates, and CARDS's tau_u as a quantile of the
+# policy's own entropy, unless search_overrides set them: otherwise ARGS uses one w for guides whose reward scales
+# differ and CARDS a tau_u the policy never reaches (RESULTS.md section 4's two flaws).
+NEEDS = {"args": ("w_units", "spread"), "cards": ("tau_u_quantile", 0.9)}
 
 
 def search_config(cfg: GoldConfig, seed: int, module: Any = None) -> Any:
-    module = module or prm_guided_module()
+    if module is None:
+        import experiments.prm_guided as module
     fields = {f.name for f in dataclasses.fields(module.PrmGuidedConfig)}
     guides = cfg.search_guides or list(cfg.contenders)
     if guides[0] != "orm":
         raise ValueError(f"search_guides must start with orm (the baseline of the paired differences), got {guides}")
     extra = dict(cfg.search_overrides)
-    for method, (key, default) in NEEDS.items():
-        if method in cfg.search_methods:
-            if key not in fields:
-                raise ValueError(
-                    f"search method {method!r} needs the prm_guided field {key!r} (ARGS w in units of the guide's "
-                    "reward spread / CARDS tau_u as a quantile of the policy's entropy), which this checkout lacks; "
-                    "merge the search-registry work or drop it: --search_methods '[bon, cbs]'")
-            extra.setdefault(key, default)
     unknown = [k for k in extra if k not in fields]
     if unknown:
         raise ValueError(f"search_overrides: {unknown} are not fields of the prm_guided config")
@@ -182,11 +175,17 @@ def search_config(cfg: GoldConfig, seed: int, module: Any = None) -> Any:
         **extra)
     from sp_prm.config import build
 
-    return build(module.PrmGuidedConfig, values)
+    config = build(module.PrmGuidedConfig, values)
+    for method, (key, default) in NEEDS.items():
+        given = extra.get(method)
+        if method in cfg.search_methods and not (isinstance(given, dict) and key in given):
+            setattr(config, method, dataclasses.replace(getattr(config, method), **{key: default}))
+    return config
 
 
 def run_search(cfg: GoldConfig, seed: int) -> None:
-    module = prm_guided_module()
+    import experiments.prm_guided as module
+
     scfg = search_config(cfg, seed, module)
     t0 = time.perf_counter()
     module.run(scfg)
