@@ -19,8 +19,5 @@ from decoding.scorers.genrm import GENRM_JUDGE, GenRMScorer
 from decoding.scorers.rear import RearScorer, TermsResult, best_of_n_terms, rear_combine, rear_scores, select
 from decoding.scorers.rm import ClassifierScorer
 
-# The old name of ClassifierScorer, kept so code written before the split (other branches) still imports.
-RewardModelScorer = ClassifierScorer
-
-__all__ = ["Scorer", "check_lengths", "ClassifierScorer", "RewardModelScorer", "RearScorer",
+__all__ = ["Scorer", "check_lengths", "ClassifierScorer", "RearScorer",
            "rear_combine", "rear_scores", "select", "best_of_n_terms", "TermsResult", "GenRMScorer", "GENRM_JUDGE"]

@@ -92,18 +92,25 @@ class ClassifierScorer:
         if not self._warned_unknown:
             self._warned_unknown = True
             warnings.warn(f"{what}; {len(bad)} of {len(unknown)} responses in this call are scored as unknown "
-                          "tokens (warned once per scorer)", stacklevel=3)
+                          "tokens (warned once per scorer)", stacklevel=4)
+
+    def _encode_call(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> tuple[list[list[int]], list[int]]:
+        """One score call's RM ids and prompt groups, its encodability checked and the call counted.
+
+        Shared with the engine scorer (``rm_engine.EngineRewardScorer``), so both read the same ids.
+        """
+        seqs, unknown = zip(*(self._sequence(p, r) for p, r in zip(prompts, partials)))
+        self._check_encodable(prompts, partials, list(unknown))
+        groups = [p.index for p in prompts]
+        self.meter.add("scorer_calls", sorted(set(groups)))
+        return list(seqs), groups
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], partials: Sequence[Partial]) -> torch.Tensor:
         check_lengths(prompts, partials)
         if not partials:
             return torch.empty(0)
-        seqs, unknown = zip(*(self._sequence(p, r) for p, r in zip(prompts, partials)))
-        seqs = list(seqs)
-        self._check_encodable(prompts, partials, list(unknown))
-        groups = [p.index for p in prompts]
-        self.meter.add("scorer_calls", sorted(set(groups)))
+        seqs, groups = self._encode_call(prompts, partials)
         if self.prefix_cache is not None:
             values = self.prefix_cache.values(seqs, groups)
             return torch.stack([v[-1] for v in values])

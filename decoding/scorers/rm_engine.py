@@ -188,6 +188,7 @@ class EngineRewardScorer:
     sequence = ClassifierScorer.sequence
     _sequence = ClassifierScorer._sequence
     _check_encodable = ClassifierScorer._check_encodable
+    _encode_call = ClassifierScorer._encode_call
 
     def __init__(self, engine: Any, tokenizer: Any, prefix_format: PrefixFormat | None = None,
                  meter: Meter | None = None, check_tokenizer: bool = True) -> None:
@@ -204,11 +205,8 @@ class EngineRewardScorer:
         check_lengths(prompts, partials)
         if not partials:
             return torch.empty(0)
-        seqs, unknown = zip(*(self._sequence(p, r) for p, r in zip(prompts, partials)))
-        self._check_encodable(prompts, partials, list(unknown))
-        groups = [p.index for p in prompts]
-        self.meter.add("scorer_calls", sorted(set(groups)))
-        results = self.engine.classify(list(seqs))
+        seqs, groups = self._encode_call(prompts, partials)
+        results = self.engine.classify(seqs)
         hits = [r.cached_tokens or 0 for r in results]
         self.meter.add("scorer_tokens", groups, [r.prompt_tokens - h for r, h in zip(results, hits)])
         self.meter.add("scorer_tokens_cached", groups, hits)
