@@ -217,25 +217,13 @@ def build_vllm_policy(cfg: DecodeConfig, meter: Meter) -> Any:
     """A ``VllmPolicy`` on ``vllm.LLM`` (needs the vllm extra) or on the server at ``policy.vllm.url``."""
     from transformers import GenerationConfig
 
-    from decoding.vllm_policy import LocalEngine, ServerEngine, VllmPolicy
+    from decoding.vllm_policy import LocalEngine, ServerEngine, VllmPolicy, make_engine
     from sp_prm.models import load_tokenizer, resolve
 
     vc = cfg.policy.vllm
     path = resolve(cfg.policy.model)
     tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
-    if vc.url:
-        engine: Any = ServerEngine(vc.url, vc.served_model, timeout=vc.timeout, retries=vc.retries, workers=vc.workers)
-    else:
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ImportError("policy.backend: vllm in-process needs vLLM: bash scripts/install.sh --vllm (CPU) or "
-                              "pip install vllm (GPU); or set policy.vllm.url to a running server") from e
-        args = dict(vc.engine_args)
-        args.setdefault("trust_remote_code", cfg.policy.trust_remote_code)
-        engine = LocalEngine(path, dtype=cfg.policy.dtype, enforce_eager=vc.enforce_eager,
-                             enable_prefix_caching=vc.enable_prefix_caching, max_model_len=vc.max_model_len,
-                             seed=cfg.seed, engine_args=args)
+    engine = make_engine(vc, path, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.seed, LocalEngine, ServerEngine)
     try:  # the model's generation config may add stop tokens (as the HF backend reads them)
         gen_eos = GenerationConfig.from_pretrained(path).eos_token_id
     except (OSError, ValueError):

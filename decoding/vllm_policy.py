@@ -304,6 +304,23 @@ class ServerEngine:
         return None  # not reported by the API; the tokenization probe checks agreement
 
 
+def make_engine(vc: Any, path: str, dtype: str, trust_remote_code: bool, seed: int, local_cls: type,
+                server_cls: type, setting: str = "policy", server: str = "server") -> Any:
+    """The engine a ``policy.vllm`` / ``scorer.vllm`` block names: ``server_cls`` on the server at ``vc.url``, else
+    ``local_cls`` (``vllm.LLM``) in this process. ``setting`` names the block in the error when vLLM is missing."""
+    if vc.url:
+        return server_cls(vc.url, vc.served_model, timeout=vc.timeout, retries=vc.retries, workers=vc.workers)
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"{setting}.backend: vllm in-process needs vLLM: bash scripts/install.sh --vllm (CPU) or "
+                          f"pip install vllm (GPU); or set {setting}.vllm.url to a running {server}") from e
+    args = dict(vc.engine_args)
+    args.setdefault("trust_remote_code", trust_remote_code)
+    return local_cls(path, dtype=dtype, enforce_eager=vc.enforce_eager, enable_prefix_caching=vc.enable_prefix_caching,
+                     max_model_len=vc.max_model_len, seed=seed, engine_args=args)
+
+
 def check_engine_tokenizer(engine: Any, tokenizer: Any, who: str = "policy", model_setting: str = "policy.model") -> None:
     """Refuse an engine whose tokenizer disagrees with the local one (ids are sent, so they must mean the same)."""
     local = list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])

@@ -43,7 +43,7 @@ import torch
 
 from decoding.scorers import ClassifierScorer, check_lengths
 from decoding.types import Meter, Partial, Prompt
-from decoding.vllm_policy import EngineError, LocalEngine, ServerEngine, check_engine_tokenizer
+from decoding.vllm_policy import EngineError, LocalEngine, ServerEngine, check_engine_tokenizer, make_engine
 from sp_prm.formatting import PrefixFormat
 
 
@@ -249,18 +249,6 @@ def build_engine_scorer(path: str, vllm_cfg: Any, prefix: PrefixFormat | None = 
 
     fmt = checkpoint_format(path, prefix, trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    if vllm_cfg.url:
-        engine: Any = ServerRewardEngine(vllm_cfg.url, vllm_cfg.served_model, timeout=vllm_cfg.timeout,
-                                         retries=vllm_cfg.retries, workers=vllm_cfg.workers)
-    else:
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ImportError("scorer.backend: vllm in-process needs vLLM: bash scripts/install.sh --vllm (CPU) or "
-                              "pip install vllm (GPU); or set scorer.vllm.url to a running pooling server") from e
-        args = dict(vllm_cfg.engine_args)
-        args.setdefault("trust_remote_code", trust_remote_code)
-        engine = LocalRewardEngine(resolve(path), dtype=dtype, enforce_eager=vllm_cfg.enforce_eager,
-                                   enable_prefix_caching=vllm_cfg.enable_prefix_caching,
-                                   max_model_len=vllm_cfg.max_model_len, seed=seed, engine_args=args)
+    engine = make_engine(vllm_cfg, resolve(path), dtype, trust_remote_code, seed, LocalRewardEngine,
+                         ServerRewardEngine, setting="scorer", server="pooling server")
     return EngineRewardScorer(engine, tokenizer, fmt, meter=meter, check_tokenizer=vllm_cfg.check_tokenizer)
