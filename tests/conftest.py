@@ -106,6 +106,26 @@ def tiny_llama_lm(smollm_tokenizer):
 
 
 @pytest.fixture()
+def policy(tiny_llama_lm, smollm_tokenizer):
+    """The HF policy over the tiny random Llama (a test file that needs another policy defines its own)."""
+    from decoding.policy import Policy
+
+    return Policy(tiny_llama_lm, smollm_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and immune to oversubscription when the CPU is shared.
+
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def tiny_bert_rm(minilm_tokenizer):
     return tiny_bert_rm_(minilm_tokenizer)
 

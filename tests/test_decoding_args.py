@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding.policy import Policy
 from decoding.scorers import ClassifierScorer, RearScorer
 from decoding.search.args import args_decode
 from decoding.types import Partial, Prompt, candidate_seed
@@ -17,18 +16,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to oversubscription when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from decoding.policy import Policy, SamplingParams
+from decoding.policy import SamplingParams
 from decoding.scorers import ClassifierScorer, RearScorer
 from decoding.search.best_of_n import best_of_n
 from decoding.search.cbs import chunk_beam_search, rank_top
@@ -18,18 +17,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to oversubscription when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bon_is_cbs_with_one_beam_and_whole_responses(policy, tiny_llama_rm, smollm_tokenizer):

@@ -15,11 +15,6 @@ MSGS = [
 ]
 
 
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
-
-
 def reference_logprobs(model, prompt, response):
     """Independent: the HF model's own full forward (logits from model(...)), no cache."""
     ids = torch.tensor([list(prompt) + list(response)])

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from decoding.policy import Policy, SamplingParams
+from decoding.policy import SamplingParams
 from decoding.scorers import ClassifierScorer, GenRMScorer, RearScorer
 from decoding.search import SEARCHES
 from decoding.search.best_of_n import best_of_n
@@ -18,17 +18,7 @@ from tests.test_decoding_search import prompts
 pruned_bon = SEARCHES["pruned_bon"].run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("guide", ["rm", "rear"])

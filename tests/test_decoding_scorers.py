@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from decoding.policy import Policy, SamplingParams
+from decoding.policy import SamplingParams
 from decoding.scorers import ClassifierScorer, GenRMScorer, RearScorer
 from decoding.types import Partial, Prompt, aggregate
 from sp_prm.formatting import PrefixFormat, encode
@@ -18,11 +18,6 @@ PROMPTS = [
     Prompt("b", [{"role": "system", "content": "Answer in rhymes."}, {"role": "user", "content": "Why sleep?"}],
            [{"role": "user", "content": "Why sleep?"}], "Why sleep?", "Answer in rhymes.", 1),
 ]
-
-
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
 
 
 def sampled(policy, n=3, tokens=10, complete_first=True):

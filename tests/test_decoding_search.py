@@ -28,11 +28,6 @@ def prompts(k=2):
                    [{"role": "user", "content": qs[i]}], qs[i], prefs[i], i) for i in range(k)]
 
 
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
-
-
 def test_best_of_n_picks_argmax_and_is_batch_independent(policy, tiny_llama_rm, smollm_tokenizer):
     ps = prompts(3)
     scorer = ClassifierScorer(tiny_llama_rm, smollm_tokenizer)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from decoding.policy import Policy
 from experiments import prefeval_choice as pc
 from experiments import rear_verifiable as rv
 from experiments.common import read_records
@@ -17,11 +16,6 @@ from tests.conftest import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "experiments"
-
-
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
 
 
 # -- PrefEval ------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from decoding.metrics.reward import rewards
-from decoding.policy import Policy
 from experiments import prm_guided as pg
 from experiments.common import read_records
 from sp_prm.config import load_config
@@ -102,11 +101,6 @@ def test_summary_by_hand():
     d = s["paired"]["sp-prm - orm, bon"]["win_rate"]["mean"]
     assert d == pytest.approx((0.0 + (1.5 / 4 - 3.5 / 4)) / 2)
     assert s["prompts"] == 2 and s["folds"] == {"0": 1, "1": 1}
-
-
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
 
 
 @pytest.mark.parametrize("external", [False, True])

@@ -16,11 +16,6 @@ from decoding.types import Partial
 from tests.test_decoding_search import prompts
 
 
-@pytest.fixture()
-def policy(tiny_llama_lm, smollm_tokenizer):
-    return Policy(tiny_llama_lm, smollm_tokenizer)
-
-
 @pytest.mark.parametrize("length_normalize", [False, True])
 def test_sweep_equals_best_of_n_per_lambda(policy, length_normalize):
     ps = prompts(3)
