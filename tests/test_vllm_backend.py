@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -202,17 +203,7 @@ def test_server_mode(path, tokenizer, policy, tmp_path):
            "--enable-prompt-tokens-details", "--block-size", "32"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"vllm serve did not answer within {SERVER_START_TIMEOUT} s")
-                time.sleep(2)
+        _wait_until_serving(proc, url, log, "vllm serve")
         with pytest.raises(EngineError, match="not 'other-model'"):
             ServerEngine(url, "other-model")
         served = VllmPolicy(ServerEngine(url), tokenizer, meter=Meter())  # the only listed model
@@ -237,6 +228,22 @@ def test_server_mode(path, tokenizer, policy, tmp_path):
     finally:
         _stop(proc)
         log.close()
+
+
+def _wait_until_serving(proc: subprocess.Popen, url: str, log: IO[str], name: str,
+                        timeout: float = SERVER_START_TIMEOUT) -> None:
+    """Poll ``url``'s model list until the server answers; fail with its log's tail if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url + "/v1/models", timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} did not answer within {timeout} s")
+            time.sleep(2)
 
 
 def _stop(proc: subprocess.Popen) -> None:

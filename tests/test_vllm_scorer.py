@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,7 +38,7 @@ from decoding.vllm_policy import EngineError, LocalEngine, VllmPolicy  # noqa: E
 from sp_prm.config import build  # noqa: E402
 from sp_prm.models import load_reward_model, load_tokenizer, resolve, trained_prefix_format  # noqa: E402
 from tests.conftest import shared_data  # noqa: E402
-from tests.test_vllm_backend import _free_port, _stop  # noqa: E402
+from tests.test_vllm_backend import _free_port, _stop, _wait_until_serving  # noqa: E402
 
 POLICY = "builtin:smollm2-135m-instruct"
 BLOCK = 32
@@ -219,17 +217,7 @@ def test_server_mode(prm, engine, hf_model, rm_tokenizer, fmt, policy, prompts, 
            "--max-model-len", "2048", "--served-model-name", "prm", "--block-size", str(BLOCK)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"pooling server exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"pooling server did not answer within {SERVER_START_TIMEOUT} s")
-                time.sleep(2)
+        _wait_until_serving(proc, url, log, "pooling server", SERVER_START_TIMEOUT)
         with pytest.raises(EngineError, match="not 'other-prm'"):
             ServerRewardEngine(url, "other-prm")
         served = EngineRewardScorer(ServerRewardEngine(url, str(prm), batch=4), rm_tokenizer, fmt, meter=Meter())
