@@ -262,6 +262,10 @@ class Policy:
             return
         feed = [[int(t)] if t is not None else [] for t in tokens]
         hidden, _ = state.forward(self.backbone, feed, self.pad_id)
+        if len(fed) == len(tokens):  # every row fed (the common step): no copy of the [rows, V] distribution
+            state.next_logprobs = self.logits(hidden[:, 0]).log_softmax(-1)
+            return
+        # Some rows fed: write into a copy, since a forked state may share next_logprobs (updates replace tensors).
         fed_t = torch.as_tensor(fed, device=hidden.device)
         nl = state.next_logprobs.clone()
         nl[fed_t] = self.logits(hidden[fed_t, 0]).log_softmax(-1)
