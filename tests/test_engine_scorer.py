@@ -102,6 +102,31 @@ def test_engine_scorer_sends_the_hf_scorers_ids_and_counts_cache(tiny_llama_lm, 
     assert m.for_group(0)["scorer_calls"] == 1 and m.for_group(1)["scorer_calls"] == 1
 
 
+def test_engine_scorer_sends_identical_ids_once(tiny_llama_lm, tiny_llama_rm, smollm_tokenizer):
+    """Rows with the same RM ids (the same text tokenised two ways by the policy) are one request, so their
+    rewards are bit-identical and a top-k breaks their tie by slot, as on the HF token tree."""
+    policy = Policy(tiny_llama_lm, smollm_tokenizer)
+    P, R = candidates(policy)
+    fmt = PrefixFormat(max_prompt_tokens=64)
+    order = [0, 1, 0, 2, 1, 0]  # rows 2 and 5 repeat row 0, row 4 repeats row 1
+    P2, R2 = [P[i] for i in order], [R[i] for i in order]
+
+    class Noisy(HFEngine):  # an engine whose answer depends on the request's place in the batch
+        def classify(self, seqs):
+            return [Classified(c.reward + 1e-3 * k, c.prompt_tokens, c.cached_tokens)
+                    for k, c in enumerate(super().classify(seqs))]
+
+    engine = Noisy(tiny_llama_rm, smollm_tokenizer)
+    scorer = EngineRewardScorer(engine, smollm_tokenizer, fmt, meter=Meter())
+    got = scorer.score(P2, R2)
+    hf = ClassifierScorer(tiny_llama_rm, smollm_tokenizer, fmt, cache=False)
+    assert engine.sent == [hf.sequence(P[i], R[i]) for i in (0, 1, 2)]  # each distinct sequence once, in order
+    assert got[0] == got[2] == got[5] and got[1] == got[4]
+    assert torch.allclose(got[[0, 1, 3]], hf.score([P[i] for i in (0, 1, 2)], [R[i] for i in (0, 1, 2)])
+                          + torch.tensor([0.0, 1e-3, 2e-3]), atol=1e-5)
+    assert scorer.meter.total("scorer_tokens") + scorer.meter.total("scorer_tokens_cached") == sum(map(len, engine.sent))
+
+
 def test_tokenizer_mismatch_is_refused(tiny_llama_rm, smollm_tokenizer, minilm_tokenizer):
     with pytest.raises(ValueError, match="reward model's tokenizer disagree"):
         EngineRewardScorer(HFEngine(tiny_llama_rm, minilm_tokenizer), smollm_tokenizer)

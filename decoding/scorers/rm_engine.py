@@ -206,11 +206,23 @@ class EngineRewardScorer:
         if not partials:
             return torch.empty(0)
         seqs, groups = self._encode_call(prompts, partials)
-        results = self.engine.classify(seqs)
-        hits = [r.cached_tokens or 0 for r in results]
-        self.meter.add("scorer_tokens", groups, [r.prompt_tokens - h for r, h in zip(results, hits)])
-        self.meter.add("scorer_tokens_cached", groups, hits)
-        return torch.tensor([r.reward for r in results], dtype=torch.float32)
+        # Identical RM ids in one call (two policy tokenisations of the same text, or a candidate that
+        # finished and is carried along) are sent once. Besides the compute, this keeps their rewards
+        # bit-identical: the engine batches and caches each request differently, so two copies can come
+        # back 1e-7 apart, and a search's top-k would then break their tie by that noise instead of by
+        # slot order as the HF scorer's token tree (one node per distinct sequence) does.
+        first: dict[tuple[int, ...], int] = {}
+        where = [first.setdefault(tuple(s), len(first)) for s in seqs]
+        sent: list[int] = []  # sent[j]: the first row holding distinct sequence j (it is billed the request)
+        for i, j in enumerate(where):
+            if j == len(sent):
+                sent.append(i)
+        results = self.engine.classify([seqs[i] for i in sent])
+        hits = [results[where[i]].cached_tokens or 0 for i in sent]
+        computed = [results[where[i]].prompt_tokens - h for i, h in zip(sent, hits)]
+        self.meter.add("scorer_tokens", [groups[i] for i in sent], computed)
+        self.meter.add("scorer_tokens_cached", [groups[i] for i in sent], hits)
+        return torch.tensor([results[j].reward for j in where], dtype=torch.float32)
 
 
 def checkpoint_format(path: str, requested: PrefixFormat | None, trust_remote_code: bool = False) -> PrefixFormat:
