@@ -18,6 +18,7 @@ import torch
 
 from decoding.metrics.stats import summarize
 from decoding.types import Meter
+from sp_prm.errors import ConfigError, MissingPathError, OutputExistsError, guarded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ def resolve_data(path: str, what: str) -> Path:
     for candidate in ([p] if p.is_absolute() else [p, REPO / p]):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"{what}: {path!r} not found (tried it relative to {Path.cwd()} and to the repo root {REPO}); "
         "the experiments read real data from ../shared/data next to the repo -- pass the path explicitly"
     )
@@ -190,7 +191,7 @@ def write_summary_files(
     out = Path(cfg.output_dir)
     records = read_records(out / "records.jsonl")
     if not records:
-        raise FileNotFoundError(f"no records in {out / 'records.jsonl'}; run the experiment first")
+        raise MissingPathError(f"no records in {out / 'records.jsonl'}; run the experiment first")
     summary = summarize(records)
     summary["command"] = command
     summary["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -236,14 +237,22 @@ def experiment_main(
     from sp_prm.config import load_config
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    cfg = load_config(config_cls, argv)
-    command = f"python -m {module} " + " ".join(argv)
-    t0 = time.perf_counter()
-    if not cfg.summarize_only:
-        run(cfg)
-    write_summary(cfg, command)
-    print((Path(cfg.output_dir) / "summary.md").read_text())
-    print(f"done in {time.perf_counter() - t0:.0f} s; outputs in {cfg.output_dir}", file=sys.stderr)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+
+    def go() -> None:
+        cfg = load_config(config_cls, argv)
+        command = f"python -m {module} " + " ".join(argv)
+        t0 = time.perf_counter()
+        if not cfg.summarize_only:
+            run(cfg)
+        write_summary(cfg, command)
+        print((Path(cfg.output_dir) / "summary.md").read_text())
+        print(f"done in {time.perf_counter() - t0:.0f} s; outputs in {cfg.output_dir}", file=sys.stderr)
+
+    # A user error (bad recipe, missing data, an output folder of another run) is one short message and
+    # exit code 2, as in `sp-prm`; --debug shows the traceback.
+    guarded("", go, debug, prog=f"python -m {module}")
 
 
 def claim_output_dir(cfg: Any, out: Path, fingerprint: Sequence[str]) -> None:
@@ -257,9 +266,9 @@ def claim_output_dir(cfg: Any, out: Path, fingerprint: Sequence[str]) -> None:
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))
     if records.exists() and records.stat().st_size:
         if not cfg.resume:
-            raise FileExistsError(f"{records} exists; pass --resume true to continue it or choose another output_dir")
+            raise OutputExistsError(f"{records} exists; pass --resume true to continue it or choose another output_dir")
         if saved.exists():
             diff = changed_keys(json.loads(saved.read_text()), new, fingerprint)
             if diff:
-                raise ValueError(f"{out} holds a run with different {diff}; choose another output_dir")
+                raise ConfigError(f"{out} holds a run with different {diff}; choose another output_dir")
     atomic_write_text(saved, json.dumps(new, indent=1) + "\n")

@@ -69,6 +69,7 @@ from experiments.common import (
     use_meter,
     write_summary_files,
 )
+from sp_prm.errors import ConfigError
 
 METHODS = ("greedy", "bon", "genrm", "dvts")
 # Fields whose change makes earlier records of an output_dir incomparable (resume refuses to mix them).
@@ -128,28 +129,28 @@ class RearVerifiableConfig(RunOptions):
         dvts = self.dvts if isinstance(self.dvts, dict) else dataclasses.asdict(self.dvts)
         width = dvts.get("width", 4)
         if "dvts" in self.methods and self.n % width:
-            raise ValueError(f"n={self.n} must be a multiple of dvts.width={width}")
+            raise ConfigError(f"n={self.n} must be a multiple of dvts.width={width}")
         # dvts.n is n (Best-of-N's budget; a config that does not run DVTS keeps a valid block); steps: lines.
         self.dvts = DvtsParams(**{**dvts, "n": self.n if self.n % width == 0 else width, "delimiter": "\n"})
         unknown = [p for p in self.preferences if p not in PREFERENCES]
         if unknown or not self.preferences:
-            raise ValueError(f"preferences: unknown {unknown}; known: {sorted(PREFERENCES)}")
+            raise ConfigError(f"preferences: unknown {unknown}; known: {sorted(PREFERENCES)}")
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
-            raise ValueError(f"methods: unknown {bad}; choose from {METHODS}")
+            raise ConfigError(f"methods: unknown {bad}; choose from {METHODS}")
         if "genrm" in self.methods and "bon" not in self.methods:
-            raise ValueError("methods: genrm scores the bon candidates; add bon")
+            raise ConfigError("methods: genrm scores the bon candidates; add bon")
         if any(s not in ("dev", "test") for s in self.splits):
-            raise ValueError(f"splits must be dev and/or test, got {self.splits}")
+            raise ConfigError(f"splits must be dev and/or test, got {self.splits}")
         if self.n < 1 or self.max_new_tokens < 1 or self.questions < 0 or self.dev_questions < 0:
-            raise ValueError("n and max_new_tokens must be >= 1; questions and dev_questions >= 0")
+            raise ConfigError("n and max_new_tokens must be >= 1; questions and dev_questions >= 0")
         self.lams = [float(x) for x in self.lams]
         if any(lam < 0 or math.isnan(lam) for lam in self.lams):
-            raise ValueError(f"lams must be >= 0, got {self.lams}")
+            raise ConfigError(f"lams must be >= 0, got {self.lams}")
         if self.dvts_lam < 0 or self.batch_size < 1:
-            raise ValueError("dvts_lam must be >= 0 and batch_size >= 1")
+            raise ConfigError("dvts_lam must be >= 0 and batch_size >= 1")
         if self.preference_as not in ("system", "prefix"):
-            raise ValueError(f"preference_as must be system or prefix, got {self.preference_as!r}")
+            raise ConfigError(f"preference_as must be system or prefix, got {self.preference_as!r}")
 
 
 # -- prompts -------------------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def select_prompts(cfg: RearVerifiableConfig) -> list[dict[str, str]]:
                     rows.append((f"hh{i}", q.strip()))
     need = cfg.dev_questions + cfg.questions
     if need > len(rows):
-        raise ValueError(f"{path} has {len(rows)} questions; dev_questions + questions = {need}")
+        raise ConfigError(f"{path} has {len(rows)} questions; dev_questions + questions = {need}")
     random.Random(cfg.selection_seed).shuffle(rows)
     out = []
     for split, chunk in (("dev", rows[: cfg.dev_questions]), ("test", rows[cfg.dev_questions: need])):

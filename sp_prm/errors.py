@@ -59,12 +59,14 @@ class ModelError(UserError, ValueError):
     """A checkpoint is not what the command needs (e.g. no trained one-output reward head)."""
 
 
-def report_user_error(name: str, err: UserError, debug: bool) -> int:
-    """Print a user error as one to three lines (the traceback only with ``--debug``); returns exit code 2."""
+def report_user_error(name: str, err: UserError, debug: bool, prog: str = "sp-prm") -> int:
+    """Print a user error as one to three lines (the traceback only with ``--debug``); returns exit code 2.
+
+    ``prog name`` heads the message: ``sp-prm train``, ``python -m experiments.gold.run data``."""
     if debug:
         traceback.print_exception(err)
     lines = str(err).strip().splitlines() or [type(err).__name__]
-    print(f"sp-prm {name}: error: {lines[0]}", file=sys.stderr)
+    print(f"{prog} {name}: error: {lines[0]}" if name else f"{prog}: error: {lines[0]}", file=sys.stderr)
     for line in lines[1:]:
         print(f"  {line}", file=sys.stderr)
     if not debug:
@@ -72,7 +74,7 @@ def report_user_error(name: str, err: UserError, debug: bool) -> int:
     return 2
 
 
-def guarded(name: str, run: Callable[[], Any], debug: bool | None = None) -> Any:
+def guarded(name: str, run: Callable[[], Any], debug: bool | None = None, prog: str = "sp-prm") -> Any:
     """Run a command, turning a :class:`UserError` into its short message and exit code 2.
 
     Also for the ``python -m`` entries (``accelerate launch -m sp_prm.train``); ``debug`` defaults to
@@ -82,4 +84,4 @@ def guarded(name: str, run: Callable[[], Any], debug: bool | None = None) -> Any
     try:
         return run()
     except UserError as err:  # anything else is a bug: it keeps its traceback
-        raise SystemExit(report_user_error(name, err, debug)) from None
+        raise SystemExit(report_user_error(name, err, debug, prog)) from None

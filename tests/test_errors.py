@@ -184,3 +184,23 @@ def test_python_m_train_has_the_same_short_errors(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "not a dataset written by `sp-prm prepare`" in done.stderr
+
+
+def test_experiment_commands_give_short_errors_too(tmp_path, capsys):
+    """The experiments' entry points report a user error like `sp-prm` does: one line naming the command."""
+    from experiments.gold import run as gold_run
+    from experiments.rear_verifiable import main as rear_main
+
+    with pytest.raises(SystemExit) as e:
+        gold_run.main(["data", "--config", "recipes/experiments/gold_hh.yaml", "--work_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "python -m experiments.gold.run data: error:" in err
+    assert "run the teacher stage first" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        gold_run.main(["contenders", "--config", "recipes/experiments/gold_hh.yaml", "--contenders", "[orm,nope]"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "contenders: unknown ['nope']" in err
+    with pytest.raises(SystemExit) as e:
+        rear_main(["--splits", "[train]", "--output_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "python -m experiments.rear_verifiable: error: splits must be dev and/or test" in err

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from experiments.common import atomic_write_text, read_records
+from sp_prm.errors import InputError, MissingPathError
 from sp_prm.value_agreement import pair_agreement
 
 PRIMARY_MAX_T = 20
@@ -66,7 +67,7 @@ def value_endpoint(value_dirs: list[Path], baseline: str = "orm", samples: int =
     cuts, _, ids = per_seed[0]
     for c, _, i in per_seed[1:]:
         if c != cuts or i != ids:
-            raise ValueError("the seeds' value evaluations differ in cuts or pairs; they must share the value pairs")
+            raise InputError("the seeds' value evaluations differ in cuts or pairs; they must share the value pairs")
     models = [m for m in per_seed[0][1] if all(m in s[1] for s in per_seed)]
     keys = [*cuts, "t<=20"]
 
@@ -231,7 +232,7 @@ def write_report(root: Path, seeds: list[int], guides: list[str], methods: list[
     search_dirs = [root / f"seed{s}" / search_name for s in seeds
                    if (root / f"seed{s}" / search_name / "records.jsonl").exists()]
     if not value_dirs and not search_dirs:
-        raise FileNotFoundError(f"no finished value or search stage under {root}/seed{{{','.join(map(str, seeds))}}}")
+        raise MissingPathError(f"no finished value or search stage under {root}/seed{{{','.join(map(str, seeds))}}}")
     summary: dict[str, Any] = {"seeds_value": [d.parent.name for d in value_dirs],
                                "seeds_search": [d.parent.name for d in search_dirs]}
     if value_dirs:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from decoding.policy import SamplingParams
+from sp_prm.errors import ConfigError
 from sp_prm.formatting import PrefixFormat
 
 CONTENDERS = ("orm", "orm-control", "sp-prm-student-ref", "sp-prm-teacher-ref", "eq2", "eq2-filtered")
@@ -42,7 +43,7 @@ class TeacherConfig:
         if isinstance(self.prefix, dict):
             self.prefix = PrefixFormat(**self.prefix)
         if self.kind not in ("probe", "finetune"):
-            raise ValueError(f"teacher.kind must be probe or finetune, got {self.kind!r}")
+            raise ConfigError(f"teacher.kind must be probe or finetune, got {self.kind!r}")
 
 
 @dataclass
@@ -127,7 +128,7 @@ class GoldConfig:
                 setattr(self, name, cls(**getattr(self, name)))
         bad = [c for c in self.contenders if c not in CONTENDERS]
         if bad:
-            raise ValueError(f"contenders: unknown {bad}; choose from {CONTENDERS}")
+            raise ConfigError(f"contenders: unknown {bad}; choose from {CONTENDERS}")
         if "orm" not in self.contenders:
             self.contenders = ["orm", *self.contenders]
 

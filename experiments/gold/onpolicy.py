@@ -29,6 +29,7 @@ from typing import Any
 
 from experiments.common import append_records, atomic_write_text, read_records
 from experiments.gold.config import GoldConfig
+from sp_prm.errors import ConfigError
 
 
 def text_hash(text: str) -> str:
@@ -56,7 +57,7 @@ def split_prompts(prompts: list[dict[str, Any]], eval_n: int, train_n: int | Non
     """(train, eval): eval = the first ``eval_n`` prompts by id hash, train = the next ``train_n`` (or all)."""
     order = sorted(prompts, key=lambda p: text_hash("split/" + p["id"]))
     if len(order) <= eval_n:
-        raise ValueError(f"data.eval_prompts = {eval_n} leaves no training prompts ({len(order)} prompts in all)")
+        raise ConfigError(f"data.eval_prompts = {eval_n} leaves no training prompts ({len(order)} prompts in all)")
     rest = order[eval_n:]
     return (rest if train_n is None else rest[:train_n]), order[:eval_n]
 

@@ -14,6 +14,7 @@ import time
 
 from experiments.common import atomic_write_text
 from experiments.gold.config import GoldConfig
+from sp_prm.errors import ConfigError, MissingPathError, guarded
 
 STAGES = ("teacher", "data", "contenders", "value", "search", "compare", "all")
 
@@ -37,7 +38,7 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
         print(teacher.describe(train(cfg, progress=True) if cfg.teacher.kind == "probe" else train(cfg)))
     elif stage == "data":
         if not teacher.teacher_ready(cfg):
-            raise FileNotFoundError(f"{cfg.teacher_dir}: run the teacher stage first")
+            raise MissingPathError(f"{cfg.teacher_dir}: run the teacher stage first")
         print(json.dumps(onpolicy.build_data(cfg), indent=1))
     elif stage == "contenders":
         stages.run_contenders(cfg, cfg.seed)
@@ -56,7 +57,7 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
             run_stage(cfg, s)
         return
     else:
-        raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
+        raise ConfigError(f"unknown stage {stage!r}; choose from {STAGES}")
     _log_time(cfg, stage if stage in ("teacher", "data") else f"seed{cfg.seed}/{stage}", time.perf_counter() - t0)
 
 
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: python -m experiments.gold.run {{{','.join(STAGES)}}} --config recipe.yaml [--seed N] "
               "[--key value ...]", file=sys.stderr)
         raise SystemExit(2)
-    run_stage(load_config(GoldConfig, argv[1:]), argv[0])
+    debug = "--debug" in argv
+    rest = [a for a in argv[1:] if a != "--debug"]
+    # A user error is one short message and exit code 2 (--debug: the traceback), as in `sp-prm`.
+    guarded(argv[0], lambda: run_stage(load_config(GoldConfig, rest), argv[0]), debug,
+            prog="python -m experiments.gold.run")
 
 
 if __name__ == "__main__":

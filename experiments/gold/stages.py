@@ -35,6 +35,7 @@ from typing import Any
 
 from experiments.common import atomic_write_text
 from experiments.gold.config import GoldConfig
+from sp_prm.errors import ConfigError
 
 SST_DATA = {"sp-prm-student-ref": "sst-student", "sp-prm-teacher-ref": "sst-teacher", "eq2": "sst-all",
             "eq2-filtered": "sst-teacher"}
@@ -160,11 +161,11 @@ def search_config(cfg: GoldConfig, seed: int, module: Any = None) -> Any:
     fields = {f.name for f in dataclasses.fields(module.PrmGuidedConfig)}
     guides = cfg.search_guides or list(cfg.contenders)
     if guides[0] != "orm":
-        raise ValueError(f"search_guides must start with orm (the baseline of the paired differences), got {guides}")
+        raise ConfigError(f"search_guides must start with orm (the baseline of the paired differences), got {guides}")
     extra = dict(cfg.search_overrides)
     unknown = [k for k in extra if k not in fields]
     if unknown:
-        raise ValueError(f"search_overrides: {unknown} are not fields of the prm_guided config")
+        raise ConfigError(f"search_overrides: {unknown} are not fields of the prm_guided config")
     s = cfg.seed_dir(seed)
     values = dict(
         policy={"model": cfg.policy, "dtype": cfg.dtype, "device": cfg.device},

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from experiments.gold.config import GoldConfig
+from sp_prm.errors import ConfigError
 from sp_prm.formatting import PrefixFormat, PromptTooLong, encode
 from sp_prm.scoring import last_token_index, length_batches, pad, unwrap
 
@@ -66,7 +67,7 @@ def last_token_features(model: Any, tokenizer: Any, fmt: PrefixFormat, prompts: 
         try:
             seqs.append(encode(tokenizer, p, r, fmt).sequence(end_marker=fmt.end_marker))
         except PromptTooLong as e:
-            raise ValueError(f"teacher.prefix drops a prompt ({e}); use prompt_overflow: truncate") from e
+            raise ConfigError(f"teacher.prefix drops a prompt ({e}); use prompt_overflow: truncate") from e
     device = next(model.parameters()).device
     out = torch.empty(len(seqs), inner.config.hidden_size, dtype=torch.float64)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
