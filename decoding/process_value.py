@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,11 +98,14 @@ def rollout_values(
     batch_rows: int = 64,
     progress: bool = False,
     budget_ends_response: bool = False,
+    on_values: Callable[[Sequence[PrefixItem], torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """``[len(items), rollouts]``: the gold reward of each rollout of each prefix (V is the row mean).
 
     ``budget_ends_response``: a rollout cut by the budget is judged as finished (with the end
     marker), for testbeds whose responses are whatever the policy wrote within the budget.
+    ``on_values(prefixes, values)`` is called after every batch with the unique prefixes it valued,
+    so a caller can save them as they come (a killed hour-long evaluation keeps what it did).
     """
     if rollouts < 1:
         raise ValueError(f"rollouts must be >= 1, got {rollouts}")
@@ -115,6 +119,8 @@ def rollout_values(
         vals = judge([it.as_messages() for it in finished], [it.text for it in finished], [True] * len(finished))
         for it, v in zip(finished, vals):
             out[unique[it]] = v
+        if on_values is not None:
+            on_values(finished, torch.tensor(vals, dtype=torch.float64)[:, None].expand(-1, rollouts))
     pending = [it for it in todo if not it.complete]
     tok = policy.tokenizer
     per_call = max(1, batch_rows // rollouts)
@@ -142,10 +148,15 @@ def rollout_values(
         vals = torch.tensor(judge(prompts, texts, done), dtype=torch.float64).view(len(chunk), rollouts)
         for i, it in enumerate(chunk):
             out[unique[it]] = vals[i]
+        if on_values is not None:
+            on_values(chunk, vals)
     return out
 
 
 # -- the evaluate-rm hook -------------------------------------------------------------------------------
+
+
+SAVE_EVERY_S = 60.0  # how often value_function rewrites its cache file while rollouts run
 
 
 def _fingerprint(cfg: Any) -> str:
@@ -161,7 +172,8 @@ def value_function(cfg: Any, default_format: PrefixFormat | None = None) -> Call
 
     With ``cfg.cache`` set, values are read from / added to that file (keyed by prefix content and a
     fingerprint of every setting that changes them), so the contenders of one experiment share one
-    set of rollouts.
+    set of rollouts. The file is rewritten (atomically) as rollouts finish, at most every
+    ``SAVE_EVERY_S`` seconds and at the end, so a killed evaluation resumes where it stopped.
     """
 
     def compute(items: Sequence[PrefixItem | tuple[Sequence[Message], str, bool]]) -> torch.Tensor:
@@ -186,16 +198,26 @@ def value_function(cfg: Any, default_format: PrefixFormat | None = None) -> Call
             fmt = trained_prefix_format(model) or default_format or PrefixFormat()
             judge = Judge(model, tok, fmt)
             params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p)
-            vals = rollout_values(policy, judge, missing, cfg.rollouts, params, cfg.max_response_tokens, cfg.seed,
-                                  cfg.batch_rows, progress=cfg.progress,
-                                  budget_ends_response=cfg.budget_ends_response)
-            for it, v in zip(missing, vals):
-                cache[it.key()] = v.tolist()
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp")
-                torch.save({"fingerprint": fp, "config": asdict(cfg), "values": cache}, tmp)
-                tmp.replace(path)
+            last_save = [time.monotonic()]
+
+            def save() -> None:
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(f".{path.name}.tmp")
+                    torch.save({"fingerprint": fp, "config": asdict(cfg), "values": cache}, tmp)
+                    tmp.replace(path)
+                last_save[0] = time.monotonic()
+
+            def keep(done: Sequence[PrefixItem], vals: torch.Tensor) -> None:
+                for it, v in zip(done, vals):
+                    cache[it.key()] = v.tolist()
+                if time.monotonic() - last_save[0] >= SAVE_EVERY_S:
+                    save()
+
+            rollout_values(policy, judge, missing, cfg.rollouts, params, cfg.max_response_tokens, cfg.seed,
+                           cfg.batch_rows, progress=cfg.progress, budget_ends_response=cfg.budget_ends_response,
+                           on_values=keep)
+            save()
         return torch.tensor([cache[it.key()] for it in items], dtype=torch.float64)
 
     return compute

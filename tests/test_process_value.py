@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -181,3 +182,81 @@ def test_prefix_scorer_reads_the_original_text_across_tokenizers(minilm_tokenize
     assert float(got[0]) == pytest.approx(want, abs=1e-4)
     lowered = scorer.score([side], [[3]], [MSGS])[0]  # without the texts: the decoded (lowercased) ids
     assert float(lowered[0]) != pytest.approx(want, abs=1e-4)
+
+
+def test_cross_tokenizer_prefixes_are_read_from_the_longer_prefix_they_begin(minilm_tokenizer, smollm_tokenizer,
+                                                                          tiny_llama_rm):
+    """A decoder reference with another tokenizer: every prefix's reward equals its own forward pass, while the
+    prefixes whose re-encoded ids begin a longer one are read from that one's pass (fewer tokens scored)."""
+    from sp_prm.prefix_scoring import PrefixScorer
+    from sp_prm.scoring import RewardScorer
+
+    responses = ["Mix flour, water and yeast; knead it well, then bake it for forty minutes.",
+                 "I'm not sure. Owls hunt at night, don't they?"]
+    msgs = [MSGS, MSGS2]
+    sides = [encode(minilm_tokenizer, m, r, FMT) for m, r in zip(msgs, responses)]
+    positions = [list(range(1, s.length + 1)) for s in sides]  # every cut, mid-word pieces included
+    rs = RewardScorer(tiny_llama_rm, smollm_tokenizer.pad_token_id)
+    scorer = PrefixScorer(rs, smollm_tokenizer, minilm_tokenizer, FMT)
+    got = scorer.score(sides, positions, msgs, responses)
+    from sp_prm.prefix_scoring import original_prefix
+
+    own_tokens = 0
+    for k, side in enumerate(sides):
+        seen = set()
+        for j, t in enumerate(positions[k]):
+            text = original_prefix(minilm_tokenizer, responses[k], side, t)
+            seq = encode(smollm_tokenizer, msgs[k], text, FMT).sequence_for(FMT, complete=side.is_complete(t))
+            assert float(got[k][j]) == pytest.approx(last_token_reward(tiny_llama_rm, seq), abs=1e-4), (k, t)
+            if tuple(seq) not in seen:
+                seen.add(tuple(seq))
+                own_tokens += len(seq)
+    assert rs.tokens_scored < own_tokens / 3  # most cuts nest: a handful of passes instead of one per prefix
+
+
+def test_score_nested_hosts_by_hand(tiny_llama_rm, smollm_tokenizer):
+    from sp_prm.prefix_scoring import score_nested
+    from sp_prm.scoring import RewardScorer
+
+    seqs = [(5, 6, 7), (5, 6, 7, 8, 9), (5, 6), (5, 9), (5, 6, 7, 8, 9, 10), (11,)]
+    # group 0 nests 0, 2 in 1; group 1 holds 1 and 4 (1 begins 4: its hosted prefixes follow it to 4);
+    # 3 does not nest; 5 is in no group
+    groups = [[0, 1, 2, 3], [1, 4]]
+    rs = RewardScorer(tiny_llama_rm, smollm_tokenizer.pad_token_id)
+    got = score_nested(rs, seqs, groups)
+    want = [last_token_reward(tiny_llama_rm, list(x)) for x in seqs]
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+    assert rs.tokens_scored == len(seqs[4]) + len(seqs[3]) + len(seqs[5])  # the hosts only
+
+
+def test_a_killed_value_run_keeps_its_rollouts_and_resumes(tmp_path, monkeypatch, tiny_llama_rm_dir,
+                                                           tiny_llama_lm_dir):
+    """The cache is written as batches finish: a run killed mid-way keeps them, the rerun values only the
+    rest, and every value equals an uninterrupted run's (rollout seeds hash the prefix, not the batch)."""
+    import decoding.process_value as pv_mod
+
+    items = [PrefixItem.of(m, text, False) for m in (MSGS, MSGS2) for text in ("", "Mix", "Mix flour", "An owl")]
+    pv = ProcessValueConfig(policy=str(tiny_llama_lm_dir), gold_rm=str(tiny_llama_rm_dir), rollouts=2,
+                            max_response_tokens=6, temperature=1.0, top_p=1.0, device="cpu", progress=False,
+                            batch_rows=4, cache=str(tmp_path / "v.pt"))  # 2 prefixes per batch: 4 batches
+    whole = value_function(dataclasses.replace(pv, cache=None), FMT)(items)
+
+    calls = {"n": 0}
+    real = pv_mod.Judge.__call__
+
+    def dies_on_third_batch(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the kill
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pv_mod, "SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr(pv_mod.Judge, "__call__", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        value_function(pv, FMT)(items)
+    kept = torch.load(tmp_path / "v.pt", weights_only=False)["values"]
+    assert len(kept) == 4  # the two finished batches survived the kill
+    calls["n"] = -100  # no more kills; count the judged batches of the rerun
+    again = value_function(pv, FMT)(items)
+    assert calls["n"] == -100 + 2  # only the two missing batches were rolled out
+    assert torch.equal(again, whole)
