@@ -5,7 +5,9 @@ trained, or the first model under evaluation). A reward model that shares that
 vocabulary reads the very same ids; a decoder-only one then scores all prefixes
 of a response in one forward pass. A reward model with another tokenizer reads
 each prefix's decoded text re-encoded in its own token space (one pass per
-prefix), so several models can be compared on identical prefixes.
+prefix), so several models can be compared on identical prefixes; when that model is a decoder,
+every re-encoded prefix whose ids begin a longer prefix of the same response (the common case:
+a cut at a word boundary) is read from the longer one's pass instead of a pass of its own.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class PrefixScorer:
             seqs = [s.sequence(None, end) for s in sides]
             index = [[s.reward_index(t, end) for t in pos] for s, pos in zip(sides, positions)]
             return self.scorer.score_positions(seqs, index)
-        # One pass per prefix; identical sequences (a clipped shorter side repeats) are scored once.
+        # One sequence per prefix; identical sequences (a clipped shorter side repeats) are scored once.
         unique: dict[tuple[int, ...], int] = {}
         where: list[list[int]] = []
         for k, (side, pos, msgs) in enumerate(zip(sides, positions, messages)):
@@ -88,5 +90,45 @@ class PrefixScorer:
                     seq = tuple(own.sequence_for(self.fmt, complete=side.is_complete(t)))
                 rows.append(unique.setdefault(seq, len(unique)))
             where.append(rows)
-        rewards = self.scorer.score(list(unique)) if unique else torch.empty(0)
+        seqs = list(unique)
+        if not seqs:
+            rewards = torch.empty(0)
+        elif self.scorer.causal:
+            rewards = score_nested(self.scorer, seqs, where)
+        else:
+            rewards = self.scorer.score(seqs)
         return [rewards[torch.as_tensor(rows, dtype=torch.long)] for rows in where]
+
+
+def score_nested(scorer: RewardScorer, seqs: Sequence[Sequence[int]], groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Reward of every sequence, with a causal scorer, in one pass per *host*: a sequence whose ids begin a
+    longer sequence of its group (``groups``: indices into ``seqs`` that may nest, e.g. one response's
+    prefixes) is read at its last position from that sequence's pass (exact: a causal model's state at
+    position ``i`` sees tokens ``<= i`` only). A sequence in several groups is hosted once.
+    """
+    seqs = [tuple(x) for x in seqs]
+    host_of = list(range(len(seqs)))
+    for group in groups:
+        hosts: list[int] = []
+        for i in sorted(set(group), key=lambda i: -len(seqs[i])):
+            if host_of[i] != i:
+                continue  # already read from a longer sequence of another group
+            n = len(seqs[i])
+            h = next((h for h in hosts if seqs[h][:n] == seqs[i]), None)  # hosts are at least as long
+            if h is None:
+                hosts.append(i)
+            else:
+                host_of[i] = h
+    for i in range(len(seqs)):  # a host hosted in a later group: follow the chain (nesting is transitive)
+        while host_of[host_of[i]] != host_of[i]:
+            host_of[i] = host_of[host_of[i]]
+    host_ids = sorted(set(host_of))
+    slot = {h: j for j, h in enumerate(host_ids)}
+    reads: list[list[int]] = [[] for _ in host_ids]
+    which: list[tuple[int, int]] = []  # (host slot, index in its reads) of every sequence
+    for i, h in enumerate(host_of):
+        j = slot[h]
+        which.append((j, len(reads[j])))
+        reads[j].append(len(seqs[i]) - 1)
+    per_host = scorer.score_positions([seqs[h] for h in host_ids], reads)
+    return torch.stack([per_host[j][r] for j, r in which]).float()
