@@ -249,6 +249,55 @@ def test_search_endpoint_by_hand_and_the_report(tmp_path):
     assert (tmp_path / "teacher_reward.png").exists()
 
 
+def test_sizing_from_a_pilot_by_hand(tmp_path):
+    """The size stage: per-unit SD of each paired difference, the detectable difference now and the units the
+    targets need, recomputed naively from the pilot's per-pair agreements and per-prompt teacher rewards."""
+    import math
+
+    from experiments.gold import sizing
+
+    rng = np.random.default_rng(1)
+    n = 30
+    roll = {c: torch.tensor(rng.normal(size=(2 * n, 4))) for c in ("t=1", "t=5")}
+    rw = {m: {"chosen": torch.tensor(rng.normal(size=(n, 3))), "rejected": torch.tensor(rng.normal(size=(n, 3)))}
+          for m in ("orm", "sp")}
+    cfg = GoldConfig(work_dir=str(tmp_path), contenders=["orm", "sp-prm-teacher-ref"], value_name="pilot-value",
+                     search_name="pilot-search", search_methods=["bon"], search_guides=["orm", "sp"],
+                     bootstrap_resamples=100, sizing_targets={"value": 0.05, "search": 0.2})
+    _write_value(cfg.seed_dir(0) / "pilot-value", [str(i) for i in range(n)], rw, roll)
+    golds = rng.normal(size=(8, 3))  # per prompt: orm-guided, sp-guided, one unguided sample
+    d = cfg.seed_dir(0) / "pilot-search"
+    d.mkdir(parents=True)
+    (d / "records.jsonl").write_text("".join(json.dumps(
+        {"id": f"p{i}", "samples": [{"gold": g[2]}], "outputs": {"orm/bon": {"gold": g[0]}, "sp/bon": {"gold": g[1]}}})
+        + "\n" for i, g in enumerate(golds.tolist())))
+    out = sizing.size_design(cfg)
+    # (a) naive: per pair, agreement at each cut (V ties none here), averaged over the cuts, sp minus orm
+    diffs = []
+    for i in range(n):
+        per_cut = []
+        for cut, j in (("t=1", 1), ("t=5", 2)):
+            v = roll[cut].mean(1)
+            agree = {m: float((rw[m]["chosen"][i, j] > rw[m]["rejected"][i, j]) == (v[2 * i] > v[2 * i + 1]))
+                     for m in ("orm", "sp")}
+            per_cut.append(agree["sp"] - agree["orm"])
+        diffs.append(sum(per_cut) / 2)
+    sd = statistics.stdev(diffs)
+    a = out["value"]["contrasts"]["sp"]
+    assert a["sd"] == pytest.approx(sd) and a["pairs"] == n and a["mde"] == pytest.approx(2.8 * sd / math.sqrt(n))
+    assert a["pairs_needed"] == math.ceil((2.8 * sd / 0.05) ** 2)
+    # (b) naive: per prompt (sp - orm) / SD of the unguided samples
+    std = statistics.pstdev(golds[:, 2].tolist())
+    db = [(g[1] - g[0]) / std for g in golds.tolist()]
+    b = out["search"]["contrasts"]["sp/bon"]
+    assert b["sd"] == pytest.approx(statistics.stdev(db)) and b["prompts"] == 8
+    assert b["prompts_needed"] == math.ceil((2.8 * statistics.stdev(db) / 0.2) ** 2)
+    assert "prompts needed" in (tmp_path / "sizing.md").read_text()
+    cfg.value_name, cfg.search_name = "nothing", "nothing"
+    with pytest.raises(FileNotFoundError, match="no finished value"):
+        sizing.size_design(cfg)
+
+
 @pytest.mark.slow
 def test_every_stage_end_to_end_on_tiny_models(tmp_path, smollm_tokenizer, tiny_llama_lm_dir, tiny_bert_rm_dir):
     """The real stage commands (sp-prm subprocesses, evaluate-rm with process_value, prm_guided, compare)."""
@@ -271,7 +320,7 @@ def test_every_stage_end_to_end_on_tiny_models(tmp_path, smollm_tokenizer, tiny_
     (cfg.teacher_dir / "teacher.json").write_text("{}")
     from experiments.gold.run import run_stage
 
-    for stage in ("data", "contenders", "value", "search", "compare"):
+    for stage in ("data", "contenders", "value", "search", "compare", "size"):
         run_stage(cfg, stage)
     for name in cfg.contenders:
         assert (cfg.seed_dir(0) / name / "config.json").exists(), name
@@ -282,6 +331,7 @@ def test_every_stage_end_to_end_on_tiny_models(tmp_path, smollm_tokenizer, tiny_
     assert "sp-prm-teacher-ref/bon" in summary["search"]["vs_orm"]
     times = json.loads((cfg.seed_dir(0) / "times.json").read_text())
     assert any(k.startswith("train ") for k in times) and "search" in times
+    assert json.loads((cfg.root / "sizing.json").read_text())["value"]["contrasts"]
 
 
 @pytest.mark.slow

@@ -42,6 +42,24 @@ def _boot(values: np.ndarray, samples: int, seed: int = 0) -> tuple[float, float
     return float(lo), float(hi)
 
 
+# z_{0.975} + z_{0.80}: a paired difference of per-unit SD sd over n units is detected at two-sided alpha = 0.05 with
+# 80% power when it is at least MDE_FACTOR * sd / sqrt(n) (RESULTS.md section 5, "Sizing").
+MDE_FACTOR = 2.80
+
+
+def _spread(d: np.ndarray) -> dict[str, float]:
+    """The per-unit SD of a paired difference, its units, and the smallest difference detectable with them."""
+    d = np.asarray(d, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+    return {"sd": sd, "units": len(d), "mde": MDE_FACTOR * sd / math.sqrt(len(d)) if len(d) > 1 else float("nan")}
+
+
+def units_needed(sd: float, delta: float) -> int:
+    """Units (pairs, prompts) a paired difference of per-unit SD ``sd`` needs for an MDE of ``delta``."""
+    return math.ceil((MDE_FACTOR * sd / delta) ** 2) if math.isfinite(sd) else -1
+
+
 def seed_agreements(value_dir: Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]], list[str]]:
     """``(valued cuts, {model: {cut: per-pair agreement [n]}}, pair ids)`` of one seed's evaluate-rm output."""
     rw = torch.load(value_dir / "rewards.pt", weights_only=False)
@@ -88,7 +106,7 @@ def value_endpoint(value_dirs: list[Path], baseline: str = "orm", samples: int =
                 row = {"agreement": float(np.nanmean(a)), "ci": _boot(a, samples), "pairs": int(np.isfinite(a).sum())}
                 if m != baseline and baseline in models:
                     d = a - pooled(baseline, k)
-                    row["vs_baseline"] = {"diff": float(np.nanmean(d)), "ci": _boot(d, samples)}
+                    row["vs_baseline"] = {"diff": float(np.nanmean(d)), "ci": _boot(d, samples), **_spread(d)}
                 table[m][k] = row
     return {"seeds": len(value_dirs), "cuts": keys, "primary": "t<=20", "models": table}
 
@@ -138,7 +156,7 @@ def search_endpoint(search_dirs: list[Path], guides: list[str], methods: list[st
             d = np.array([(vals[p] - base[p]) / std for p in common])
             w = np.array([statistics.fmean(wins[p][f"{g}/{m}"]) for p in common if f"{g}/{m}" in wins[p]])
             paired[f"{g}/{m}"] = {"delta_sd": float(d.mean()), "delta_sd_ci": _boot(d, samples), "prompts": len(common),
-                                  "win_rate": float(w.mean()), "win_rate_ci": _boot(w, samples)}
+                                  "win_rate": float(w.mean()), "win_rate_ci": _boot(w, samples), **_spread(d)}
     comp = {k: {f: statistics.fmean(r.get(f, 0) for r in rows) for f in sorted({f for r in rows for f in r})}
             for k, rows in compute.items()}
     return {"seeds": len(search_dirs), "teacher_sample_std": std, "rewards": rewards, "vs_orm": paired,
@@ -167,7 +185,15 @@ def to_markdown(summary: dict[str, Any]) -> str:
                     cell += f" ({_fmt_ci(r['vs_baseline']['diff'], r['vs_baseline']['ci'], sign=True)})"
                 cells.append(cell)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines += ["", "Cells: agreement (difference to the ORM, paired bootstrap 95% CI over pairs).", ""]
+        lines += ["", "Cells: agreement (difference to the ORM, paired bootstrap 95% CI over pairs).", "",
+                  "The primary cell's difference to the ORM: the SD of its per-pair value, and the smallest difference "
+                  f"these pairs detect (two-sided 5%, 80% power: {MDE_FACTOR} SD / sqrt(pairs)):", "",
+                  "| contender | Δ agreement, t <= 20 | per-pair SD | pairs | detectable Δ |", "|---|---|---|---|---|"]
+        for m, row in va["models"].items():
+            vb = row[va["primary"]].get("vs_baseline")
+            if vb:
+                lines.append(f"| {m} | {vb['diff']:+.3f} | {vb['sd']:.3f} | {vb['units']} | {vb['mde']:.3f} |")
+        lines.append("")
     se = summary.get("search")
     if se:
         lines += [f"## (b) Teacher reward of guided search ({se['seeds']} seeds pooled)", "",
@@ -175,9 +201,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
         lines += [f"| {k} | {_fmt_ci(v['mean'], v['ci'])} | {v['prompts']} |" for k, v in se["rewards"].items()]
         lines += ["", f"Minus the ORM-guided run of the same decoder, in teacher-reward SDs of the unguided samples "
                   f"(SD = {se['teacher_sample_std']:.3f}), and the head-to-head win rate against it:", "",
-                  "| run | Δ teacher reward (SD) | win rate vs ORM-guided | prompts |", "|---|---|---|---|"]
+                  "| run | Δ teacher reward (SD) | win rate vs ORM-guided | prompts | per-prompt SD of Δ | detectable Δ |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {_fmt_ci(v['delta_sd'], v['delta_sd_ci'], sign=True)} | "
-                  f"{_fmt_ci(v['win_rate'], v['win_rate_ci'])} | {v['prompts']} |" for k, v in se["vs_orm"].items()]
+                  f"{_fmt_ci(v['win_rate'], v['win_rate_ci'])} | {v['prompts']} | {v['sd']:.3f} | {v['mde']:.3f} |"
+                  for k, v in se["vs_orm"].items()]
         keys = ["policy_tokens_generated", "policy_tokens_prefilled", "scorer_tokens", "scorer_calls", "seconds"]
         lines += ["", "Compute per prompt (`<guide>/bon` is the ranking of the shared `samples`):", "",
                   "| run | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
@@ -226,9 +254,10 @@ def plot(summary: dict[str, Any], out: Path) -> None:
 
 
 def write_report(root: Path, seeds: list[int], guides: list[str], methods: list[str], samples: int = 2000,
-                 search_name: str = "search") -> dict[str, Any]:
+                 search_name: str = "search", value_name: str = "value") -> dict[str, Any]:
     """Pool every finished seed under ``root`` into ``root/summary.{json,md}`` and the two plots."""
-    value_dirs = [root / f"seed{s}" / "value" for s in seeds if (root / f"seed{s}" / "value" / "process_value.pt").exists()]
+    value_dirs = [root / f"seed{s}" / value_name for s in seeds
+                  if (root / f"seed{s}" / value_name / "process_value.pt").exists()]
     search_dirs = [root / f"seed{s}" / search_name for s in seeds
                    if (root / f"seed{s}" / search_name / "records.jsonl").exists()]
     if not value_dirs and not search_dirs:

@@ -112,6 +112,12 @@ class GoldConfig:
     search_methods: list[str] = field(default_factory=lambda: ["bon", "cbs"], metadata={
         "help": "Decoders: bon, cbs (the primary endpoint), args (run with args.w_units: spread), cards "
                 "(run with cards.tau_u_quantile: 0.9), unless search_overrides set those."})
+    value_name: str = field(default="value", metadata={
+        "help": "Sub-folder of the seed's process-value evaluation (another name for a pilot on fewer pairs or "
+                "contenders; the rollouts cache is shared, so a later, larger evaluation reuses the pilot's)."})
+    sizing_targets: dict[str, float] = field(default_factory=lambda: {"value": 0.03, "search": 0.1}, metadata={
+        "help": "The size stage's targets: the smallest difference each endpoint must detect (agreement points as a "
+                "fraction; teacher-reward SDs), at two-sided 5% with 80% power."})
     search_name: str = field(default="search", metadata={
         "help": "Sub-folder of the seed's search run (another name for a second run, e.g. args/cards on two guides)."})
     search_overrides: dict[str, object] = field(default_factory=dict, metadata={

@@ -1,7 +1,8 @@
 """The gold testbed's command line: ``python -m experiments.gold.run <stage> --config <recipe> [--key value ...]``.
 
 Stages: ``teacher`` (a), ``data`` (b), ``contenders`` (c, per ``--seed``), ``value`` and ``search``
-(d, per ``--seed``), ``compare`` (every finished seed of ``seeds``), ``all`` (every stage for one
+(d, per ``--seed``), ``compare`` (every finished seed of ``seeds``), ``size`` (the pilot's sizing:
+the units each endpoint needs, from one seed's value and search runs), ``all`` (every stage for one
 seed, then compare). Each skips what it already finished, so a killed run resumes with the same
 command. Wall times go to ``<work_dir>/times.json`` and ``<work_dir>/seed<N>/times.json``.
 """
@@ -16,7 +17,7 @@ from experiments.common import atomic_write_text
 from experiments.gold.config import GoldConfig
 from sp_prm.errors import ConfigError, MissingPathError, guarded
 
-STAGES = ("teacher", "data", "contenders", "value", "search", "compare", "all")
+STAGES = ("teacher", "data", "contenders", "value", "search", "compare", "size", "all")
 
 
 def _log_time(cfg: GoldConfig, stage: str, seconds: float) -> None:
@@ -49,11 +50,16 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
     elif stage == "compare":
         guides = cfg.search_guides or list(cfg.contenders)
         summary = compare.write_report(cfg.root, cfg.seeds, guides, cfg.search_methods, cfg.bootstrap_resamples,
-                                       cfg.search_name)
+                                       cfg.search_name, cfg.value_name)
         print(compare.to_markdown(summary))
         return
+    elif stage == "size":
+        from experiments.gold import sizing
+
+        print(sizing.to_markdown(sizing.size_design(cfg)))
+        return
     elif stage == "all":
-        for s in STAGES[:-1]:
+        for s in STAGES[:STAGES.index("compare") + 1]:
             run_stage(cfg, s)
         return
     else:

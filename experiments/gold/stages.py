@@ -110,7 +110,7 @@ def value_command(cfg: GoldConfig, seed: int) -> list[str]:
             str(cfg.value_pairs), "--models", "[" + ", ".join(str(s / n) for n in names) + "]",
             "--names", "[" + ", ".join(names) + "]", "--baseline", "orm", "--tokenizer", cfg.policy,
             "--token_counts", "[" + ", ".join(map(str, cfg.token_counts)) + "]", "--fractions", "[1.0]",
-            *_prefix_args(cfg), "--bootstrap_samples", str(cfg.bootstrap_resamples), "--output_dir", str(s / "value"),
+            *_prefix_args(cfg), "--bootstrap_samples", str(cfg.bootstrap_resamples), "--output_dir", str(s / cfg.value_name),
             "--process_value.policy", cfg.policy, "--process_value.gold_rm", str(cfg.teacher_dir),
             "--process_value.rollouts", str(cfg.rollouts), "--process_value.max_response_tokens",
             str(cfg.data.max_new_tokens), "--process_value.temperature", str(cfg.sampling.temperature),
@@ -140,7 +140,7 @@ def run_contenders(cfg: GoldConfig, seed: int) -> None:
 
 
 def run_value(cfg: GoldConfig, seed: int) -> None:
-    out = cfg.seed_dir(seed) / "value"
+    out = cfg.seed_dir(seed) / cfg.value_name
     if (out / "results.json").exists():
         print(f"[gold] value: {out} exists, skipped")
         return
