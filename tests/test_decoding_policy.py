@@ -131,3 +131,39 @@ def test_choose_tokens_top_k_top_p():
     assert int(choose_tokens(lp, torch.tensor([0.51]), SamplingParams())) == 1
     with pytest.raises(ValueError):
         SamplingParams(top_p=0)
+
+
+def _reference_choose(logprobs, uniforms, params):
+    """The full-sort sampler, written out: nucleus by sorting the vocabulary, inverse CDF in id order."""
+    logits = logprobs / params.temperature
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, (probs.cumsum(-1) - probs) >= params.top_p)
+    probs = logits.masked_fill(drop, float("-inf")).softmax(-1)
+    out = []
+    for row, u in zip(probs.double(), uniforms.double()):
+        cdf = row.cumsum(0)
+        out.append(int(min(int((cdf <= u * cdf[-1]).sum()), len(row) - 1)))
+    return out
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+def test_top_p_from_the_top_candidates_draws_the_full_sort_token(top_p):
+    """The nucleus read from the 256 most likely tokens gives the full sort's draw, token for token: peaked
+    rows (nucleus of a few tokens), LM-like rows, and flat rows whose nucleus is wider than 256 (fallback)."""
+    import decoding.policy as pol
+
+    g = torch.Generator().manual_seed(0)
+    V = 5000
+    rows = [torch.randn(V, generator=g) * s for s in (8.0, 4.0, 2.0, 1.0)] * 8  # sharp ... flat
+    rows += [torch.randn(V, generator=g) * 0.05]  # nearly uniform: the nucleus spans thousands of tokens
+    lp = torch.stack(rows).log_softmax(-1)
+    params = SamplingParams(temperature=0.7, top_p=top_p)
+    flat = 0
+    for _ in range(40):
+        u = torch.rand(len(rows), generator=g, dtype=torch.float64)
+        got = choose_tokens(lp, u, params).tolist()
+        assert got == _reference_choose(lp, u, params)
+        _, ok = pol._nucleus_from_top(lp / 0.7, u, top_p, pol.NUCLEUS_CANDIDATES)
+        flat += int((~ok).sum())
+    assert flat >= 40  # the fallback rows were exercised
