@@ -10,8 +10,9 @@ over ``n`` units is detected (two-sided 5%, 80% power) when it is at least
 * endpoint (b): the SD over prompts of the guided run's teacher reward minus the ORM-guided run's,
   in teacher SDs of the unguided samples.
 
-Only the spread of the paired differences is read, as in an internal pilot (Wittes and Brittain
-1990): the sizes follow from the nuisance parameter, not from the effect. A single-seed ``sd``
+Only the spread of the paired differences is read and reported, as in an internal pilot (Wittes
+and Brittain 1990): the sizes follow from the nuisance parameter, and the report leaves the effects
+out, so sizing cannot be steered by them. A single-seed ``sd``
 overstates the pooled design's (averaging over seeds can only lower it), so the sizes are
 conservative. V's split-half ceiling per cut (its Monte Carlo reliability) is reported beside them.
 
@@ -45,14 +46,14 @@ def size_design(cfg: GoldConfig) -> dict[str, Any]:
         for m, row in va["models"].items():
             vb = row[va["primary"]].get("vs_baseline")
             if vb:
-                rows[m] = {"diff": vb["diff"], "sd": vb["sd"], "pairs": vb["units"], "mde": vb["mde"],
+                rows[m] = {"sd": vb["sd"], "pairs": vb["units"], "mde": vb["mde"],
                            "pairs_needed": compare.units_needed(vb["sd"], cfg.sizing_targets["value"])}
         results = json.loads((value_dir / "results.json").read_text()) if (value_dir / "results.json").exists() else {}
         cuts = results.get("process_value", {}).get("cuts", {})
         out["value"] = {"contrasts": rows, "v_split_half": {c: m.get("v_split_half_agreement") for c, m in cuts.items()}}
     if have_search:
         se = compare.search_endpoint([search_dir], guides, cfg.search_methods, cfg.bootstrap_resamples)
-        out["search"] = {"contrasts": {k: {"diff": v["delta_sd"], "sd": v["sd"], "prompts": v["units"], "mde": v["mde"],
+        out["search"] = {"contrasts": {k: {"sd": v["sd"], "prompts": v["units"], "mde": v["mde"],
                                            "prompts_needed": compare.units_needed(v["sd"], cfg.sizing_targets["search"])}
                                        for k, v in se["vs_orm"].items()},
                          "teacher_sample_std": se["teacher_sample_std"]}
@@ -69,9 +70,9 @@ def to_markdown(out: dict[str, Any]) -> str:
     if "value" in out:
         t = out["targets"]["value"]
         lines += [f"## (a) agreement with V, t <= 20 (target {t:.3f})", "",
-                  "| contrast vs orm | Δ (pilot) | per-pair SD | pairs | detectable Δ now | pairs needed |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {m} | {r['diff']:+.3f} | {r['sd']:.3f} | {r['pairs']} | {r['mde']:.3f} | {r['pairs_needed']} |"
+                  "| contrast vs orm | per-pair SD | pairs | detectable Δ now | pairs needed |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {m} | {r['sd']:.3f} | {r['pairs']} | {r['mde']:.3f} | {r['pairs_needed']} |"
                   for m, r in out["value"]["contrasts"].items()]
         sh = out["value"]["v_split_half"]
         if sh:
@@ -81,8 +82,8 @@ def to_markdown(out: dict[str, Any]) -> str:
         t = out["targets"]["search"]
         lines += [f"## (b) teacher reward of guided search, in teacher SDs (target {t:.2f}; SD = "
                   f"{out['search']['teacher_sample_std']:.3f})", "",
-                  "| run vs orm-guided | Δ (pilot) | per-prompt SD | prompts | detectable Δ now | prompts needed |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {r['diff']:+.3f} | {r['sd']:.3f} | {r['prompts']} | {r['mde']:.3f} | {r['prompts_needed']} |"
+                  "| run vs orm-guided | per-prompt SD | prompts | detectable Δ now | prompts needed |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {r['sd']:.3f} | {r['prompts']} | {r['mde']:.3f} | {r['prompts_needed']} |"
                   for k, r in out["search"]["contrasts"].items()]
     return "\n".join(lines) + "\n"
