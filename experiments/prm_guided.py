@@ -102,6 +102,9 @@ class PrmGuidedConfig(RunOptions):
                           "One path instead: an external gold RM (trained elsewhere, on none of these pairs) "
                           "judges every prompt."})
     folds: int = field(default=2, metadata={"help": "Folds of pairs_path (= len(gold_models))."})
+    check_gold: bool = field(default=True, metadata={
+        "help": "Measure each gold RM's accuracy on pairs_path first (gold_accuracy.json). Off where the gold "
+                "defines the labels (the known-gold testbed: its accuracy on its own labels is 1 by construction)."})
     prompts_per_fold: int = field(default=20, metadata={"help": "Reported prompts drawn from each fold."})
     calibration_prompts: int = field(default=4, metadata={
         "help": "Prompts (not reported; drawn after the reported ones) on which CARDS thresholds are calibrated."})
@@ -339,7 +342,8 @@ def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
     meter = Meter()
     policy = policy or build_policy(DecodeConfig(policy=cfg.policy), meter)
     if not gold_path.exists():
-        atomic_write_text(gold_path, json.dumps(gold_accuracy(cfg, str(policy.device)), indent=1) + "\n")
+        checked = gold_accuracy(cfg, str(policy.device)) if cfg.check_gold else []
+        atomic_write_text(gold_path, json.dumps(checked, indent=1) + "\n")
     if not todo.todo:
         return todo.path
     guides, judges = load_guides_and_judges(cfg, policy, meter)

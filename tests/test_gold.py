@@ -179,6 +179,7 @@ def test_search_stage_sets_the_scale_matched_args_and_cards_options(tmp_path):
     assert got.cards.tau_u_quantile == 0.9 and got.cards.max_segment_tokens == 16  # prm_guided's CARDS defaults kept
     cfg.search_overrides = {"args": {"k": 3, "w_units": "raw"}}
     assert stages.search_config(cfg, 0).args.w_units == "raw"
+    assert stages.search_config(cfg, 0).check_gold is False  # the teacher labelled the pairs: accuracy 1
     cfg.search_methods = ["bon", "cbs"]
     got = stages.search_config(cfg, 0)
     assert got.args.w_units == "raw" and got.cards.tau_u_quantile is None
@@ -247,6 +248,8 @@ def test_search_endpoint_by_hand_and_the_report(tmp_path):
     assert summary["seeds_search"] == ["seed0", "seed1"] and "value" not in summary
     assert "win rate vs ORM-guided" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "teacher_reward.png").exists()
+    compare.write_report(tmp_path, [0, 1], ["orm", "sp"], ["bon"], 100, name="summary-bon")
+    assert (tmp_path / "summary-bon.md").exists() and (tmp_path / "summary-bon-teacher_reward.png").exists()
 
 
 def test_sizing_from_a_pilot_by_hand(tmp_path):

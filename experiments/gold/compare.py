@@ -214,7 +214,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict[str, Any], out: Path) -> None:
+def plot(summary: dict[str, Any], out: Path, prefix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,7 +236,7 @@ def plot(summary: dict[str, Any], out: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "agreement_vs_t.png", dpi=110)
+        fig.savefig(out / f"{prefix}agreement_vs_t.png", dpi=110)
         plt.close(fig)
     if se and se["rewards"]:
         keys = list(se["rewards"])
@@ -249,13 +249,13 @@ def plot(summary: dict[str, Any], out: Path) -> None:
         ax.set_ylabel("mean teacher reward")
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "teacher_reward.png", dpi=110)
+        fig.savefig(out / f"{prefix}teacher_reward.png", dpi=110)
         plt.close(fig)
 
 
 def write_report(root: Path, seeds: list[int], guides: list[str], methods: list[str], samples: int = 2000,
-                 search_name: str = "search", value_name: str = "value") -> dict[str, Any]:
-    """Pool every finished seed under ``root`` into ``root/summary.{json,md}`` and the two plots."""
+                 search_name: str = "search", value_name: str = "value", name: str = "summary") -> dict[str, Any]:
+    """Pool every finished seed under ``root`` into ``root/<name>.{json,md}`` and the two plots."""
     value_dirs = [root / f"seed{s}" / value_name for s in seeds
                   if (root / f"seed{s}" / value_name / "process_value.pt").exists()]
     search_dirs = [root / f"seed{s}" / search_name for s in seeds
@@ -268,7 +268,7 @@ def write_report(root: Path, seeds: list[int], guides: list[str], methods: list[
         summary["value"] = value_endpoint(value_dirs, guides[0], samples)
     if search_dirs:
         summary["search"] = search_endpoint(search_dirs, guides, methods, samples)
-    atomic_write_text(root / "summary.json", json.dumps(summary, indent=1) + "\n")
-    atomic_write_text(root / "summary.md", to_markdown(summary))
-    plot(summary, root)
+    atomic_write_text(root / f"{name}.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(root / f"{name}.md", to_markdown(summary))
+    plot(summary, root, "" if name == "summary" else f"{name}-")
     return summary

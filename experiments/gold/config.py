@@ -118,6 +118,9 @@ class GoldConfig:
     sizing_targets: dict[str, float] = field(default_factory=lambda: {"value": 0.03, "search": 0.1}, metadata={
         "help": "The size stage's targets: the smallest difference each endpoint must detect (agreement points as a "
                 "fraction; teacher-reward SDs), at two-sided 5% with 80% power."})
+    report_name: str = field(default="summary", metadata={
+        "help": "compare writes <work_dir>/<report_name>.{json,md} and its plots with this prefix (another name for "
+                "a second search run, e.g. the secondary guides)."})
     search_name: str = field(default="search", metadata={
         "help": "Sub-folder of the seed's search run (another name for a second run, e.g. args/cards on two guides)."})
     search_overrides: dict[str, object] = field(default_factory=dict, metadata={

@@ -50,7 +50,7 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
     elif stage == "compare":
         guides = cfg.search_guides or list(cfg.contenders)
         summary = compare.write_report(cfg.root, cfg.seeds, guides, cfg.search_methods, cfg.bootstrap_resamples,
-                                       cfg.search_name, cfg.value_name)
+                                       cfg.search_name, cfg.value_name, cfg.report_name)
         print(compare.to_markdown(summary))
         return
     elif stage == "size":

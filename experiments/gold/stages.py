@@ -170,7 +170,8 @@ def search_config(cfg: GoldConfig, seed: int, module: Any = None) -> Any:
     values = dict(
         policy={"model": cfg.policy, "dtype": cfg.dtype, "device": cfg.device},
         sampling=dataclasses.asdict(cfg.sampling), pairs_path=str(cfg.data_dir / "search_prompts.jsonl"),
-        guides={g: str(s / g) for g in guides}, gold_models=[str(cfg.teacher_dir)], folds=2,
+        # the teacher labelled the search prompts' pairs itself: its accuracy on them is 1, not worth a pass
+        guides={g: str(s / g) for g in guides}, gold_models=[str(cfg.teacher_dir)], folds=2, check_gold=False,
         prompts_per_fold=cfg.search_prompts_per_fold, seed=seed, max_new_tokens=cfg.data.max_new_tokens,
         methods=list(cfg.search_methods), output_dir=str(s / cfg.search_name), bootstrap_resamples=cfg.bootstrap_resamples,
         **extra)
