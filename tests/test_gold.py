@@ -167,6 +167,11 @@ def test_contender_plan_same_budget_and_the_released_code_variant(tmp_path):
     assert arg(plan["orm-control"], "--dataset").endswith("train.jsonl")
     v = stages.value_command(cfg, 2)
     assert arg(v, "--process_value.gold_rm") == str(cfg.teacher_dir) and arg(v, "--baseline") == "orm"
+    from sp_prm.config import load_config
+    from sp_prm.evaluate import EvaluateConfig
+
+    parsed = load_config(EvaluateConfig, v[1:])  # the command evaluate-rm will parse
+    assert parsed.process_value.batch_rows == cfg.value_batch_rows and parsed.process_value.rollouts == cfg.rollouts
 
 
 def test_search_stage_sets_the_scale_matched_args_and_cards_options(tmp_path):

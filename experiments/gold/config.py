@@ -105,7 +105,12 @@ class GoldConfig:
     value_pairs: int = field(default=150, metadata={"help": "Held-out pairs whose prefixes get a process value."})
     token_counts: list[int] = field(default_factory=lambda: [1, 5, 10, 20], metadata={
         "help": "Prefix lengths (policy tokens) of evaluate-rm; V is computed for every t here (and full, exactly)."})
-    rollouts: int = field(default=8, metadata={"help": "Rollouts M per prefix for V."})
+    rollouts: int = field(default=8, metadata={
+        "help": "Rollouts M per prefix for V. M = 8 leaves V's split-half ceiling near chance at t <= 20 on HH with "
+                "T = 64 (RESULTS.md section 5): a decisive endpoint (a) needs M >= 64 (a GPU run)."})
+    value_batch_rows: int = field(default=64, metadata={
+        "help": "Rollout rows sampled together (evaluate-rm's process_value.batch_rows); on a GPU raise it (e.g. "
+                "1024) so that one call holds many prefixes x M."})
     search_prompts_per_fold: int = field(default=25, metadata={"help": "Search prompts per fold (2 folds)."})
     search_guides: list[str] | None = field(default=None, metadata={
         "help": "Guides of the search stage (default: every trained contender; orm first = the baseline)."})

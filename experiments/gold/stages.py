@@ -112,7 +112,8 @@ def value_command(cfg: GoldConfig, seed: int) -> list[str]:
             "--token_counts", "[" + ", ".join(map(str, cfg.token_counts)) + "]", "--fractions", "[1.0]",
             *_prefix_args(cfg), "--bootstrap_samples", str(cfg.bootstrap_resamples), "--output_dir", str(s / cfg.value_name),
             "--process_value.policy", cfg.policy, "--process_value.gold_rm", str(cfg.teacher_dir),
-            "--process_value.rollouts", str(cfg.rollouts), "--process_value.max_response_tokens",
+            "--process_value.rollouts", str(cfg.rollouts), "--process_value.batch_rows", str(cfg.value_batch_rows),
+            "--process_value.max_response_tokens",
             str(cfg.data.max_new_tokens), "--process_value.temperature", str(cfg.sampling.temperature),
             "--process_value.top_p", str(cfg.sampling.top_p), "--process_value.seed", "0",
             "--process_value.dtype", cfg.dtype, "--process_value.cache", str(cfg.root / "value_cache.pt")]
