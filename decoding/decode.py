@@ -351,6 +351,9 @@ def run(cfg: DecodeConfig, policy: Policy | None = None, scorer: Any = None, met
 
 
 def main(argv: list[str] | None = None) -> None:
+    from sp_prm.runtime import limit_heap_retention
+
+    limit_heap_retention()
     cfg = load_config(DecodeConfig, argv)
     path = run(cfg)
     print(f"wrote {path}")

@@ -114,7 +114,10 @@ class GrowingLayer(DynamicLayer):
             return self.keys, self.values
         n, t = self.keys.shape[-2], key_states.shape[-2]
         buf = getattr(self, "_kbuf", None)
-        live = (buf is not None and getattr(self, "_owner", None) is self and self.keys.shape[-2] == self._used
+        # _owner holds id(self), not self: a self-reference would be a reference cycle, and a cycle keeps the
+        # whole cache (hundreds of MiB per search call) alive until Python's cyclic collector happens to run.
+        # A shallow copy carries the original's id, which can never be its own (both were alive at once).
+        live = (buf is not None and getattr(self, "_owner", None) == id(self) and self.keys.shape[-2] == self._used
                 and self.keys.data_ptr() == buf.data_ptr() and self.keys.shape[:2] == buf.shape[:2])
         if not (live and n + t <= buf.shape[-2]):
             grown = live  # a layer that grew in place before will grow again: give it head-room
@@ -124,7 +127,7 @@ class GrowingLayer(DynamicLayer):
             vbuf = self.values.new_empty((*shape[:3], self.values.shape[-1]))
             kbuf[:, :, :n] = self.keys
             vbuf[:, :, :n] = self.values
-            self._kbuf, self._vbuf, self._owner = kbuf, vbuf, self
+            self._kbuf, self._vbuf, self._owner = kbuf, vbuf, id(self)
         self._kbuf[:, :, n: n + t] = key_states
         self._vbuf[:, :, n: n + t] = value_states
         self._used = n + t

@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     """``sp-prm evaluate-rm``: :func:`sp_prm.evaluate.evaluate`, plus the process value when configured."""
     from sp_prm.config import load_config
     from sp_prm.evaluate import EvaluateConfig, evaluate
+    from sp_prm.runtime import limit_heap_retention
+
+    limit_heap_retention()
 
     config = load_config(EvaluateConfig, argv)
     evaluate(config, value_fn=value_function(config.process_value, config.prefix) if config.process_value else None)

@@ -19,6 +19,7 @@ import torch
 from decoding.metrics.stats import summarize
 from decoding.types import Meter
 from sp_prm.errors import ConfigError, MissingPathError, OutputExistsError, guarded
+from sp_prm.runtime import limit_heap_retention
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,6 +41,8 @@ def resolve_data(path: str, what: str) -> Path:
 
 
 def set_threads(threads: int | None) -> None:
+    """The experiment process's torch threads (``None``: torch's default) and glibc heap settings."""
+    limit_heap_retention()
     if threads:
         torch.set_num_threads(int(threads))
 

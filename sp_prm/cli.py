@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from sp_prm.errors import guarded
+from sp_prm.runtime import limit_heap_retention
 
 # subcommand -> (module with a main(argv) function, one-line description)
 COMMANDS = {
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"sp-prm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
+    limit_heap_retention()  # long CPU jobs free many-MiB caches each step: see sp_prm/runtime.py
     guarded(name, lambda: importlib.import_module(COMMANDS[name][0]).main(rest), debug)
 
 

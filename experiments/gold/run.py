@@ -69,7 +69,9 @@ def run_stage(cfg: GoldConfig, stage: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from sp_prm.config import load_config
+    from sp_prm.runtime import limit_heap_retention
 
+    limit_heap_retention()  # the search and value stages hold the policy's caches for hours
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in STAGES:
         print(f"usage: python -m experiments.gold.run {{{','.join(STAGES)}}} --config recipe.yaml [--seed N] "
