@@ -1,0 +1,62 @@
+"""experiments.gold.controls against hand values and a naive recomputation on hand-built records."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from experiments.gold import controls
+
+
+def test_spearman_by_hand():
+    assert controls.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert controls.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties get average ranks: x ranks [0, 1.5, 1.5, 3], y ranks [0, 1, 2, 3] -> rho = 4.5 / sqrt(4.5 * 5)
+    assert controls.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    assert controls.spearman([1, 1, 1], [1, 2, 3]) != controls.spearman([1, 1, 1], [1, 2, 3])  # NaN
+
+
+def _o(gold, **kw):
+    return {"gold": gold, "tokens": 4, "complete": True, **kw}
+
+
+def _records():
+    recs = []
+    for i, (golds, orm, spp) in enumerate([([0.0, 1.0, 2.0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]),
+                                           ([1.0, -1.0, 0.5], [1.0, 0.0, 2.0], [2.0, 0.0, 1.0]),
+                                           ([2.0, 0.0, -2.0], [0.0, 1.0, 2.0], [2.0, 1.0, 0.0])]):
+        samples = [_o(g, **{"guide:orm": a, "guide:sp": b}) for g, a, b in zip(golds, orm, spp)]
+        pick = {"orm": max(range(3), key=lambda j: orm[j]), "sp": max(range(3), key=lambda j: spp[j])}
+        recs.append({"id": f"p{i}", "fold": 0, "samples": samples,
+                     "outputs": {"orm/bon": _o(golds[pick["orm"]], pick=pick["orm"]),
+                                 "sp/bon": _o(golds[pick["sp"]], pick=pick["sp"])}})
+    return recs
+
+
+def test_controls_equal_a_naive_recomputation(tmp_path):
+    recs = _records()
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    c = controls.search_controls(tmp_path, ["orm", "sp"], resamples=200)
+    sd = statistics.pstdev([s["gold"] for r in recs for s in r["samples"]])
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    for run in ("orm/bon", "sp/bon"):
+        naive = mean([(r["outputs"][run]["gold"] - mean([s["gold"] for s in r["samples"]])) / sd for r in recs])
+        assert c["minus_sample_sd"][run]["mean"] == pytest.approx(naive)
+    oracle = mean([(max(s["gold"] for s in r["samples"]) - mean([s["gold"] for s in r["samples"]])) / sd
+                   for r in recs])
+    assert c["minus_sample_sd"]["gold-best of N (oracle)"]["mean"] == pytest.approx(oracle)
+    # hand: orm ranks prompt 0 perfectly (+1), prompt 1 as (0.5 | 1.0, -1.0) -> 0.5, prompt 2 reversed (-1)
+    assert c["spearman_with_teacher"]["orm"]["mean"] == pytest.approx((1.0 + 0.5 - 1.0) / 3)
+    assert c["spearman_with_teacher"]["sp"]["mean"] == pytest.approx((-1.0 + 1.0 + 1.0) / 3)
+    assert c["spearman_with_teacher"]["sp - orm"]["mean"] == pytest.approx((-2.0 + 0.5 + 2.0) / 3)
+    assert c["same_bon_pick"] == pytest.approx(0.0)  # picks (2, 0), (2, 0), (2, 0)
+    assert "| orm/bon |" in controls.to_markdown(c)
+
+
+def test_missing_records_is_a_short_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        controls.main([str(tmp_path)])
+    assert e.value.code == 2
+    assert "no search records" in capsys.readouterr().err
