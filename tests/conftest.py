@@ -34,7 +34,7 @@ def shared_data(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test when this checkout has no shared folder."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available here: {path} (a user's clone has no ../shared)")
+        pytest.skip(f"real data not available here: {path} (a user's clone has no ../shared)", allow_module_level=True)
     return path
 
 
