@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +25,7 @@ from decoding.metrics.stats import summarize
 from experiments.common import atomic_write_text, read_records
 from experiments.prm_guided import _pooled_std, per_prompt
 from sp_prm.errors import MissingPathError, guarded
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rho with average ranks for ties; NaN when either side is constant."""
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(x: list[float]) -> np.ndarray:
-    v = np.asarray(x, dtype=np.float64)
-    order = np.argsort(v, kind="stable")
-    r = np.empty(len(v))
-    r[order] = np.arange(len(v), dtype=np.float64)
-    for u in np.unique(v):
-        tie = v == u
-        r[tie] = r[tie].mean()
-    return r
+from sp_prm.value_agreement import spearman
 
 
 def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) -> dict[str, Any]:
