@@ -50,9 +50,10 @@ def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) 
     if len(guides) == 2:
         a, b = guides[1], guides[0]
         out["spearman_with_teacher"][f"{a} - {b}"] = summarize([x - y for x, y in zip(rho[a], rho[b])], resamples)
-        picked = [r["outputs"].get(f"{g}/bon", {}).get("pick") for r in recs for g in (a, b)]
-        if None not in picked:
-            out["same_bon_pick"] = float(np.mean([x == y for x, y in zip(picked[0::2], picked[1::2])]))
+        picked = [(r["outputs"].get(f"{a}/bon", {}).get("pick"), r["outputs"].get(f"{b}/bon", {}).get("pick"))
+                  for r in recs]
+        if all(None not in p for p in picked):
+            out["same_bon_pick"] = float(np.mean([x == y for x, y in picked]))
     return out
 
 
