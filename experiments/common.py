@@ -41,7 +41,8 @@ def resolve_data(path: str, what: str) -> Path:
 
 
 def set_threads(threads: int | None) -> None:
-    """The experiment process's torch threads (``None``: torch's default) and glibc heap settings."""
+    """The experiment process's torch threads (``None``: torch's default) and, with ``SP_PRM_MALLOC_TUNING=1``,
+    glibc heap settings."""
     limit_heap_retention()
     if threads:
         torch.set_num_threads(int(threads))

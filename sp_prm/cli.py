@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"sp-prm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    limit_heap_retention()  # long CPU jobs free many-MiB caches each step: see sp_prm/runtime.py
+    limit_heap_retention()  # only with SP_PRM_MALLOC_TUNING=1: see sp_prm/runtime.py
     guarded(name, lambda: importlib.import_module(COMMANDS[name][0]).main(rest), debug)
 
 

@@ -1,4 +1,5 @@
-"""limit_heap_retention: freed tensors go back to the system (glibc), measured in a fresh process."""
+"""limit_heap_retention (opt-in, SP_PRM_MALLOC_TUNING=1): freed tensors go back to the system (glibc), measured
+in a fresh process; off by default."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ SCRIPT = """
 import sys, torch
 sys.path.insert(0, {repo!r})
 from sp_prm.runtime import limit_heap_retention
-applied = limit_heap_retention() if sys.argv[1] == "1" else False
+applied = limit_heap_retention()
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
@@ -33,9 +34,9 @@ print(int(applied), round(rss() - base))
 glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-def _retained(tuned: bool, **env: str) -> tuple[int, int]:
+def _retained(**env: str) -> tuple[int, int]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SP_PRM_MALLOC_TUNING"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT.format(repo=str(REPO)), "1" if tuned else "0"],
+    out = subprocess.run([sys.executable, "-c", SCRIPT.format(repo=str(REPO))],
                          capture_output=True, text=True, check=True, env={**clean, **env})
     applied, mib = out.stdout.split()
     return int(applied), int(mib)
@@ -43,16 +44,17 @@ def _retained(tuned: bool, **env: str) -> tuple[int, int]:
 
 @pytest.mark.skipif(not glibc, reason="glibc malloc only")
 def test_freed_tensors_are_returned_with_the_tuning_and_kept_without():
-    applied, untuned = _retained(False)
+    applied, untuned = _retained()  # the default: off
     assert not applied
     if untuned <= 300:  # e.g. jemalloc preloaded: nothing for the tuning to fix here
         pytest.skip(f"this allocator returned the freed tensors without the tuning ({untuned} MiB kept)")
     # the failure mode, ~400 MiB of freed tensors resident, is gone with the tuning
-    applied, tuned = _retained(True)
+    applied, tuned = _retained(SP_PRM_MALLOC_TUNING="1")
     assert applied and tuned < 50
 
 
 @pytest.mark.skipif(not glibc, reason="glibc malloc only")
-def test_opt_out_and_user_settings_are_respected():
-    assert _retained(True, SP_PRM_MALLOC_TUNING="0")[0] == 0
-    assert _retained(True, MALLOC_ARENA_MAX="4")[0] == 0
+def test_off_unless_asked_and_user_settings_are_respected():
+    assert _retained()[0] == 0
+    assert _retained(SP_PRM_MALLOC_TUNING="0")[0] == 0
+    assert _retained(SP_PRM_MALLOC_TUNING="1", MALLOC_ARENA_MAX="4")[0] == 0  # the user's own variables win

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from sp_prm.config import load_config
     from sp_prm.runtime import limit_heap_retention
 
-    limit_heap_retention()  # the search and value stages hold the policy's caches for hours
+    limit_heap_retention()  # only with SP_PRM_MALLOC_TUNING=1 (memory for speed): see sp_prm/runtime.py
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in STAGES:
         print(f"usage: python -m experiments.gold.run {{{','.join(STAGES)}}} --config recipe.yaml [--seed N] "
