@@ -60,3 +60,30 @@ def test_missing_records_is_a_short_error(tmp_path, capsys):
         controls.main([str(tmp_path)])
     assert e.value.code == 2
     assert "no search records" in capsys.readouterr().err
+
+
+def test_seed_control_equals_a_naive_recomputation(tmp_path, capsys):
+    recs_a = _records()
+    recs_b = json.loads(json.dumps(recs_a))
+    # seed b's ORM ranks every prompt's samples the other way round; its SP-PRM is unchanged
+    for r in recs_b:
+        scores = [-s["guide:orm"] for s in r["samples"]]
+        pick = max(range(3), key=lambda j: scores[j])
+        r["outputs"]["orm/bon"] = _o(r["samples"][pick]["gold"], pick=pick)
+    recs_b.append({**recs_b[0], "id": "only-in-b"})  # a prompt of one seed only is left out
+    da, db = tmp_path / "a", tmp_path / "b"
+    for d, recs in ((da, recs_a), (db, recs_b)):
+        d.mkdir()
+        (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    c = controls.seed_controls(da, db, ["orm", "sp"], resamples=200)
+    sd = statistics.pstdev([s["gold"] for r in recs_a for s in r["samples"]])
+    naive = [(b["outputs"]["orm/bon"]["gold"] - a["outputs"]["orm/bon"]["gold"]) / sd for a, b in zip(recs_a, recs_b)]
+    assert c["prompts"] == 3
+    assert c["other_minus_this_sd"]["orm/bon"]["mean"] == pytest.approx(sum(naive) / 3)
+    assert c["other_minus_this_sd"]["orm/bon"]["per_prompt_sd"] == pytest.approx(statistics.pstdev(naive))
+    assert c["other_minus_this_sd"]["sp/bon"]["mean"] == pytest.approx(0.0)
+    # orm picks (2, 2, 2) in seed a and (0, 1, 0) in seed b: never the same; sp always the same
+    assert c["same_bon_pick_across_seeds"] == {"orm": pytest.approx(0.0), "sp": pytest.approx(1.0)}
+    controls.main([str(da), "--other_seed", str(db), "--guides", "orm,sp", "--resamples", "200"])
+    assert "| orm/bon |" in capsys.readouterr().out
+    assert (da / "seed_control.md").exists() and json.loads((da / "seed_control.json").read_text())["prompts"] == 3

@@ -5,11 +5,15 @@
   headroom do they take;
 - each guide's Spearman correlation with the teacher over a prompt's samples (how well it ranks on-policy
   responses), and the paired difference of the two guides;
-- how often the two guides pick the same Best-of-N sample.
+- how often the two guides pick the same Best-of-N sample;
+- with a second training seed's search (``--other_seed``): the training-seed control. Each guide's run of
+  the other seed minus this seed's on the same prompts, and how often one guide's two seeds pick the same
+  Best-of-N sample: is the SP-PRM further from its ORM than the ORM is from itself retrained?
 
 Paired percentile bootstrap over prompts (``decoding.metrics.stats.summarize``).
 
     python -m experiments.gold.controls outputs/gold/seed0/search [--guides orm,sp-prm-teacher-ref]
+    python -m experiments.gold.controls outputs/gold/seed0/search --other_seed outputs/gold/seed1/search
 """
 
 from __future__ import annotations
@@ -57,6 +61,52 @@ def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) 
     return out
 
 
+def seed_controls(search_dir: Path, other_dir: Path, guides: list[str], resamples: int = 4000) -> dict[str, Any]:
+    """Per guide and decoder, the other seed's run minus this seed's (teacher SDs of this seed's unguided
+    samples, per fold), with its per-prompt SD; per guide the share of prompts whose Best-of-N pick is the
+    same in both seeds; and per seed the first guide against the second (the contrast the seeds repeat)."""
+    recs = {}
+    for d in (search_dir, other_dir):
+        path = d / "records.jsonl"
+        if not path.exists():
+            raise MissingPathError(f"{path}: no search records (run the search stage first)")
+        recs[d] = {r["id"]: r for r in read_records(path)}
+    a, b = recs[search_dir], recs[other_dir]
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise MissingPathError(f"{search_dir} and {other_dir} share no prompt")
+    stds = {f: _pooled_std(list(a.values()), f) for f in {a[p]["fold"] for p in common}}
+    runs = sorted({k for p in common for k in a[p]["outputs"] if k in b[p]["outputs"]})
+
+    def gold(rec: dict[str, Any], run: str) -> float | None:
+        return rec["outputs"].get(run, {}).get("gold")
+
+    out: dict[str, Any] = {"prompts": len(common), "other_minus_this_sd": {}, "same_bon_pick_across_seeds": {}}
+    for run in runs:
+        d = [(gold(b[p], run) - gold(a[p], run)) / stds[a[p]["fold"]]
+             if None not in (gold(a[p], run), gold(b[p], run)) else None for p in common]
+        vals = [x for x in d if x is not None]
+        out["other_minus_this_sd"][run] = {**summarize(d, resamples),
+                                           "per_prompt_sd": float(np.std(vals)) if vals else float("nan")}
+    for g in guides:
+        picks = [(a[p]["outputs"].get(f"{g}/bon", {}).get("pick"), b[p]["outputs"].get(f"{g}/bon", {}).get("pick"))
+                 for p in common]
+        if picks and all(None not in x for x in picks):
+            out["same_bon_pick_across_seeds"][g] = float(np.mean([x == y for x, y in picks]))
+    return out
+
+
+def seed_markdown(c: dict[str, Any], this: str, other: str) -> str:
+    lines = [f"# Training-seed control: {other} minus {this} ({c['prompts']} prompts)", "",
+             "| run | other seed minus this seed (SD) [95% CI] | per-prompt SD |", "|---|---|---|"]
+    lines += [f"| {k} | {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] | {v['per_prompt_sd']:.3f} |"
+              for k, v in c["other_minus_this_sd"].items()]
+    if c["same_bon_pick_across_seeds"]:
+        lines += ["", "Same Best-of-N pick in both seeds: "
+                  + ", ".join(f"{g} {x:.1%}" for g, x in c["same_bon_pick_across_seeds"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(c: dict[str, Any]) -> str:
     def cell(s: dict[str, Any]) -> str:
         return f"{s['mean']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"
@@ -76,9 +126,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("search_dir", type=Path)
     ap.add_argument("--guides", default="orm,sp-prm-teacher-ref", help="comma-separated; the first is the baseline")
     ap.add_argument("--resamples", type=int, default=4000)
+    ap.add_argument("--other_seed", type=Path, default=None,
+                    help="another training seed's search folder: writes the training-seed control "
+                         "(seed_control.{json,md} in search_dir) instead")
     args = ap.parse_args(argv)
 
     def go() -> None:
+        if args.other_seed is not None:
+            c = seed_controls(args.search_dir, args.other_seed, args.guides.split(","), args.resamples)
+            md = seed_markdown(c, str(args.search_dir), str(args.other_seed))
+            atomic_write_text(args.search_dir / "seed_control.json", json.dumps(c, indent=1) + "\n")
+            atomic_write_text(args.search_dir / "seed_control.md", md)
+            print(md)
+            return
         c = search_controls(args.search_dir, args.guides.split(","), args.resamples)
         atomic_write_text(args.search_dir / "controls.json", json.dumps(c, indent=1) + "\n")
         atomic_write_text(args.search_dir / "controls.md", to_markdown(c))
