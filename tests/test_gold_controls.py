@@ -83,7 +83,14 @@ def test_seed_control_equals_a_naive_recomputation(tmp_path, capsys):
     assert c["other_minus_this_sd"]["orm/bon"]["per_prompt_sd"] == pytest.approx(statistics.pstdev(naive))
     assert c["other_minus_this_sd"]["sp/bon"]["mean"] == pytest.approx(0.0)
     # orm picks (2, 2, 2) in seed a and (0, 1, 0) in seed b: never the same; sp always the same
+    assert c["same_samples"]
     assert c["same_bon_pick_across_seeds"] == {"orm": pytest.approx(0.0), "sp": pytest.approx(1.0)}
+    # other samples in seed b (another search seed): the pick indices are not compared
+    recs_b[1]["samples"][0]["gold"] += 1.0
+    (db / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs_b))
+    c2 = controls.seed_controls(da, db, ["orm", "sp"], resamples=200)
+    assert not c2["same_samples"] and c2["same_bon_pick_across_seeds"] == {}
+    assert c2["other_minus_this_sd"]["orm/bon"]["mean"] == pytest.approx(c["other_minus_this_sd"]["orm/bon"]["mean"])
     controls.main([str(da), "--other_seed", str(db), "--guides", "orm,sp", "--resamples", "200"])
     assert "| orm/bon |" in capsys.readouterr().out
     assert (da / "seed_control.md").exists() and json.loads((da / "seed_control.json").read_text())["prompts"] == 3

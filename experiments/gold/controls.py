@@ -63,8 +63,8 @@ def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) 
 
 def seed_controls(search_dir: Path, other_dir: Path, guides: list[str], resamples: int = 4000) -> dict[str, Any]:
     """Per guide and decoder, the other seed's run minus this seed's (teacher SDs of this seed's unguided
-    samples, per fold), with its per-prompt SD; per guide the share of prompts whose Best-of-N pick is the
-    same in both seeds; and per seed the first guide against the second (the contrast the seeds repeat)."""
+    samples, per fold), with its per-prompt SD; and, where both seeds drew the same samples, per guide the
+    share of prompts whose Best-of-N pick is the same in both."""
     recs = {}
     for d in (search_dir, other_dir):
         path = d / "records.jsonl"
@@ -88,7 +88,11 @@ def seed_controls(search_dir: Path, other_dir: Path, guides: list[str], resample
         vals = [x for x in d if x is not None]
         out["other_minus_this_sd"][run] = {**summarize(d, resamples),
                                            "per_prompt_sd": float(np.std(vals)) if vals else float("nan")}
-    for g in guides:
+    # A pick index means the same sample in both seeds only where both drew the same samples (the gold
+    # stage seeds its search with the training seed, so by default they differ and this is left out).
+    out["same_samples"] = all([s.get("gold") for s in a[p]["samples"]] == [s.get("gold") for s in b[p]["samples"]]
+                              for p in common)
+    for g in guides if out["same_samples"] else []:
         picks = [(a[p]["outputs"].get(f"{g}/bon", {}).get("pick"), b[p]["outputs"].get(f"{g}/bon", {}).get("pick"))
                  for p in common]
         if picks and all(None not in x for x in picks):
@@ -101,6 +105,9 @@ def seed_markdown(c: dict[str, Any], this: str, other: str) -> str:
              "| run | other seed minus this seed (SD) [95% CI] | per-prompt SD |", "|---|---|---|"]
     lines += [f"| {k} | {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] | {v['per_prompt_sd']:.3f} |"
               for k, v in c["other_minus_this_sd"].items()]
+    if not c["same_samples"]:
+        lines += ["", "The two seeds drew different samples (different search seeds): each difference includes "
+                  "the sampling noise of a re-run, not only the retrained guide."]
     if c["same_bon_pick_across_seeds"]:
         lines += ["", "Same Best-of-N pick in both seeds: "
                   + ", ".join(f"{g} {x:.1%}" for g, x in c["same_bon_pick_across_seeds"].items()) + "."]
