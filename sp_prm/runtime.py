@@ -14,7 +14,7 @@ the process with ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set).
 (``SP_PRM_MALLOC_TUNING=1``): once the KV layers' reference cycle was removed (the real cause of that
 growth), the gold search's memory stayed bounded without it (about 4 GiB between batches against 1-2 GiB
 with it) while the fixed thresholds made every 1+ MiB tensor a fresh ``mmap`` with its page faults:
-policy sampling ran 26-35% slower with them (``bench/bench_heap.py``; BENCHMARKS.md, "Search memory").
+policy sampling ran 1.24-1.38x slower with them (``bench/bench_heap.py``; BENCHMARKS.md, "Search memory").
 Turn it on for a long CPU job on a machine short of memory. It is a no-op off glibc and when the user set
 the ``MALLOC_*`` variables themselves.
 """
@@ -46,7 +46,7 @@ def limit_heap_retention(mmap_threshold: int = 1 << 20, trim_threshold: int = 1 
         return _applied
     _applied = False
     if not sys.platform.startswith("linux") or os.environ.get("SP_PRM_MALLOC_TUNING", "0") != "1":
-        return False  # opt-in: it trades 26-35% of sampling speed for memory (module docstring)
+        return False  # opt-in: it trades sampling speed for memory (module docstring)
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")):
         return False  # the user chose; leave it
     try:

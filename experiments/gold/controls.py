@@ -32,11 +32,27 @@ from sp_prm.errors import MissingPathError, guarded
 from sp_prm.value_agreement import spearman
 
 
-def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) -> dict[str, Any]:
+def _records(search_dir: Path) -> list[dict[str, Any]]:
     path = search_dir / "records.jsonl"
     if not path.exists():
         raise MissingPathError(f"{path}: no search records (run the search stage first)")
-    recs = read_records(path)
+    return read_records(path)
+
+
+def _same_pick(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> float | None:
+    """Share of (output, output) pairs with the same Best-of-N ``pick``; ``None`` where any pick is missing."""
+    picks = [(x.get("pick"), y.get("pick")) for x, y in pairs]
+    if not picks or any(None in p for p in picks):
+        return None
+    return float(np.mean([x == y for x, y in picks]))
+
+
+def _cell(s: dict[str, Any]) -> str:
+    return f"{s['mean']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"
+
+
+def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) -> dict[str, Any]:
+    recs = _records(search_dir)
     stds = {f: _pooled_std(recs, f) for f in {r["fold"] for r in recs}}
     picks = [per_prompt(r, stds[r["fold"]]) for r in recs]
     sd = [stds[r["fold"]] for r in recs]
@@ -54,10 +70,9 @@ def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) 
     if len(guides) == 2:
         a, b = guides[1], guides[0]
         out["spearman_with_teacher"][f"{a} - {b}"] = summarize([x - y for x, y in zip(rho[a], rho[b])], resamples)
-        picked = [(r["outputs"].get(f"{a}/bon", {}).get("pick"), r["outputs"].get(f"{b}/bon", {}).get("pick"))
-                  for r in recs]
-        if all(None not in p for p in picked):
-            out["same_bon_pick"] = float(np.mean([x == y for x, y in picked]))
+        same = _same_pick([(r["outputs"].get(f"{a}/bon", {}), r["outputs"].get(f"{b}/bon", {})) for r in recs])
+        if same is not None:
+            out["same_bon_pick"] = same
     return out
 
 
@@ -65,13 +80,7 @@ def seed_controls(search_dir: Path, other_dir: Path, guides: list[str], resample
     """Per guide and decoder, the other seed's run minus this seed's (teacher SDs of this seed's unguided
     samples, per fold), with its per-prompt SD; and, where both seeds drew the same samples, per guide the
     share of prompts whose Best-of-N pick is the same in both."""
-    recs = {}
-    for d in (search_dir, other_dir):
-        path = d / "records.jsonl"
-        if not path.exists():
-            raise MissingPathError(f"{path}: no search records (run the search stage first)")
-        recs[d] = {r["id"]: r for r in read_records(path)}
-    a, b = recs[search_dir], recs[other_dir]
+    a, b = ({r["id"]: r for r in _records(d)} for d in (search_dir, other_dir))
     common = sorted(set(a) & set(b))
     if not common:
         raise MissingPathError(f"{search_dir} and {other_dir} share no prompt")
@@ -83,8 +92,8 @@ def seed_controls(search_dir: Path, other_dir: Path, guides: list[str], resample
 
     out: dict[str, Any] = {"prompts": len(common), "other_minus_this_sd": {}, "same_bon_pick_across_seeds": {}}
     for run in runs:
-        d = [(gold(b[p], run) - gold(a[p], run)) / stds[a[p]["fold"]]
-             if None not in (gold(a[p], run), gold(b[p], run)) else None for p in common]
+        pairs = [(gold(a[p], run), gold(b[p], run), stds[a[p]["fold"]]) for p in common]
+        d = [(y - x) / sd if None not in (x, y) else None for x, y, sd in pairs]
         vals = [x for x in d if x is not None]
         out["other_minus_this_sd"][run] = {**summarize(d, resamples),
                                            "per_prompt_sd": float(np.std(vals)) if vals else float("nan")}
@@ -93,18 +102,16 @@ def seed_controls(search_dir: Path, other_dir: Path, guides: list[str], resample
     out["same_samples"] = all([s.get("gold") for s in a[p]["samples"]] == [s.get("gold") for s in b[p]["samples"]]
                               for p in common)
     for g in guides if out["same_samples"] else []:
-        picks = [(a[p]["outputs"].get(f"{g}/bon", {}).get("pick"), b[p]["outputs"].get(f"{g}/bon", {}).get("pick"))
-                 for p in common]
-        if picks and all(None not in x for x in picks):
-            out["same_bon_pick_across_seeds"][g] = float(np.mean([x == y for x, y in picks]))
+        same = _same_pick([(a[p]["outputs"].get(f"{g}/bon", {}), b[p]["outputs"].get(f"{g}/bon", {})) for p in common])
+        if same is not None:
+            out["same_bon_pick_across_seeds"][g] = same
     return out
 
 
 def seed_markdown(c: dict[str, Any], this: str, other: str) -> str:
     lines = [f"# Training-seed control: {other} minus {this} ({c['prompts']} prompts)", "",
              "| run | other seed minus this seed (SD) [95% CI] | per-prompt SD |", "|---|---|---|"]
-    lines += [f"| {k} | {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] | {v['per_prompt_sd']:.3f} |"
-              for k, v in c["other_minus_this_sd"].items()]
+    lines += [f"| {k} | {_cell(v)} | {v['per_prompt_sd']:.3f} |" for k, v in c["other_minus_this_sd"].items()]
     if not c["same_samples"]:
         lines += ["", "The two seeds drew different samples (different search seeds): each difference includes "
                   "the sampling noise of a re-run, not only the retrained guide."]
@@ -115,14 +122,11 @@ def seed_markdown(c: dict[str, Any], this: str, other: str) -> str:
 
 
 def to_markdown(c: dict[str, Any]) -> str:
-    def cell(s: dict[str, Any]) -> str:
-        return f"{s['mean']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"
-
     lines = [f"# Search controls ({c['prompts']} prompts)", "", "| run | minus unguided sample (SD) [95% CI] |",
              "|---|---|"]
-    lines += [f"| {k} | {cell(v)} |" for k, v in c["minus_sample_sd"].items()]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in c["minus_sample_sd"].items()]
     lines += ["", "| guide | Spearman with the teacher over a prompt's samples [95% CI] |", "|---|---|"]
-    lines += [f"| {k} | {cell(v)} |" for k, v in c["spearman_with_teacher"].items()]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in c["spearman_with_teacher"].items()]
     if "same_bon_pick" in c:
         lines += ["", f"Same Best-of-N pick: {c['same_bon_pick']:.1%} of prompts."]
     return "\n".join(lines) + "\n"
