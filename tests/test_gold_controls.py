@@ -93,4 +93,7 @@ def test_seed_control_equals_a_naive_recomputation(tmp_path, capsys):
     assert c2["other_minus_this_sd"]["orm/bon"]["mean"] == pytest.approx(c["other_minus_this_sd"]["orm/bon"]["mean"])
     controls.main([str(da), "--other_seed", str(db), "--guides", "orm,sp", "--resamples", "200"])
     assert "| orm/bon |" in capsys.readouterr().out
-    assert (da / "seed_control.md").exists() and json.loads((da / "seed_control.json").read_text())["prompts"] == 3
+    # named after the other seed's folder, so a control against a third seed does not overwrite this one
+    assert (da / f"seed_control-{tmp_path.name}-b.md").exists()
+    assert json.loads((da / f"seed_control-{tmp_path.name}-b.json").read_text())["prompts"] == 3
+    assert controls.seed_control_stem(tmp_path / "seed2" / "search") == "seed_control-seed2"

@@ -132,6 +132,15 @@ def to_markdown(c: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_control_stem(other_dir: Path) -> str:
+    """Output name of the control against ``other_dir``, so one seed's controls against two others do not
+    overwrite each other: ``seed_control-seed2`` for ``.../seed2/search``, ``seed_control-seed2-search-bon6``
+    for another search name."""
+    other = Path(other_dir).resolve()
+    tag = other.parent.name if other.name == "search" else f"{other.parent.name}-{other.name}"
+    return f"seed_control-{tag}"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("search_dir", type=Path)
@@ -139,15 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resamples", type=int, default=4000)
     ap.add_argument("--other_seed", type=Path, default=None,
                     help="another training seed's search folder: writes the training-seed control "
-                         "(seed_control.{json,md} in search_dir) instead")
+                         "(seed_control-<its seed folder>.{json,md} in search_dir) instead")
     args = ap.parse_args(argv)
 
     def go() -> None:
         if args.other_seed is not None:
             c = seed_controls(args.search_dir, args.other_seed, args.guides.split(","), args.resamples)
             md = seed_markdown(c, str(args.search_dir), str(args.other_seed))
-            atomic_write_text(args.search_dir / "seed_control.json", json.dumps(c, indent=1) + "\n")
-            atomic_write_text(args.search_dir / "seed_control.md", md)
+            stem = seed_control_stem(args.other_seed)
+            atomic_write_text(args.search_dir / f"{stem}.json", json.dumps(c, indent=1) + "\n")
+            atomic_write_text(args.search_dir / f"{stem}.md", md)
             print(md)
             return
         c = search_controls(args.search_dir, args.guides.split(","), args.resamples)
