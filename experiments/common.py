@@ -139,13 +139,14 @@ def stat(values: Sequence[float | None], resamples: int, seed: int = 0) -> dict[
     return summarize(list(values), resamples=resamples, seed=seed)
 
 
-def fmt(s: dict[str, Any] | None, percent: bool = False, digits: int = 3) -> str:
-    """``mean [low, high]``; percentages with one decimal."""
+def fmt(s: dict[str, Any] | None, percent: bool = False, digits: int = 3, signed: bool = False) -> str:
+    """``mean [low, high]``; percentages with one decimal; ``signed`` for differences (``+0.040 [-0.043, +0.120]``)."""
     if not s or s.get("mean") is None:
         return "n/a"
+    sign = "+" if signed else ""
     if percent:
-        return f"{100 * s['mean']:.1f} [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]"
-    return f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
+        return f"{100 * s['mean']:{sign}.1f} [{100 * s['ci_low']:{sign}.1f}, {100 * s['ci_high']:{sign}.1f}]"
+    return f"{s['mean']:{sign}.{digits}f} [{s['ci_low']:{sign}.{digits}f}, {s['ci_high']:{sign}.{digits}f}]"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -97,3 +97,12 @@ def test_seed_control_equals_a_naive_recomputation(tmp_path, capsys):
     assert (da / f"seed_control-{tmp_path.name}-b.md").exists()
     assert json.loads((da / f"seed_control-{tmp_path.name}-b.json").read_text())["prompts"] == 3
     assert controls.seed_control_stem(tmp_path / "seed2" / "search") == "seed_control-seed2"
+
+
+def test_signed_cells_format_by_hand():
+    from experiments.common import fmt
+
+    s = {"mean": 0.04, "ci_low": -0.0431, "ci_high": 0.12}
+    assert fmt(s, signed=True) == "+0.040 [-0.043, +0.120]"
+    assert fmt(s) == "0.040 [-0.043, 0.120]"  # unsigned, as every other table prints it
+    assert fmt(s, percent=True, signed=True) == "+4.0 [-4.3, +12.0]"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from decoding.metrics.stats import summarize
-from experiments.common import atomic_write_text, read_records
+from experiments.common import atomic_write_text, fmt, read_records
 from experiments.prm_guided import _pooled_std, per_prompt
 from sp_prm.errors import MissingPathError, guarded
 from sp_prm.value_agreement import spearman
@@ -45,10 +45,6 @@ def _same_pick(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> float | No
     if not picks or any(None in p for p in picks):
         return None
     return float(np.mean([x == y for x, y in picks]))
-
-
-def _cell(s: dict[str, Any]) -> str:
-    return f"{s['mean']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"
 
 
 def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) -> dict[str, Any]:
@@ -111,7 +107,7 @@ def seed_controls(search_dir: Path, other_dir: Path, guides: list[str], resample
 def seed_markdown(c: dict[str, Any], this: str, other: str) -> str:
     lines = [f"# Training-seed control: {other} minus {this} ({c['prompts']} prompts)", "",
              "| run | other seed minus this seed (SD) [95% CI] | per-prompt SD |", "|---|---|---|"]
-    lines += [f"| {k} | {_cell(v)} | {v['per_prompt_sd']:.3f} |" for k, v in c["other_minus_this_sd"].items()]
+    lines += [f"| {k} | {fmt(v, signed=True)} | {v['per_prompt_sd']:.3f} |" for k, v in c["other_minus_this_sd"].items()]
     if not c["same_samples"]:
         lines += ["", "The two seeds drew different samples (different search seeds): each difference includes "
                   "the sampling noise of a re-run, not only the retrained guide."]
@@ -124,9 +120,9 @@ def seed_markdown(c: dict[str, Any], this: str, other: str) -> str:
 def to_markdown(c: dict[str, Any]) -> str:
     lines = [f"# Search controls ({c['prompts']} prompts)", "", "| run | minus unguided sample (SD) [95% CI] |",
              "|---|---|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in c["minus_sample_sd"].items()]
+    lines += [f"| {k} | {fmt(v, signed=True)} |" for k, v in c["minus_sample_sd"].items()]
     lines += ["", "| guide | Spearman with the teacher over a prompt's samples [95% CI] |", "|---|---|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in c["spearman_with_teacher"].items()]
+    lines += [f"| {k} | {fmt(v, signed=True)} |" for k, v in c["spearman_with_teacher"].items()]
     if "same_bon_pick" in c:
         lines += ["", f"Same Best-of-N pick: {c['same_bon_pick']:.1%} of prompts."]
     return "\n".join(lines) + "\n"
@@ -152,18 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     def go() -> None:
+        guides = args.guides.split(",")
         if args.other_seed is not None:
-            c = seed_controls(args.search_dir, args.other_seed, args.guides.split(","), args.resamples)
-            md = seed_markdown(c, str(args.search_dir), str(args.other_seed))
-            stem = seed_control_stem(args.other_seed)
-            atomic_write_text(args.search_dir / f"{stem}.json", json.dumps(c, indent=1) + "\n")
-            atomic_write_text(args.search_dir / f"{stem}.md", md)
-            print(md)
-            return
-        c = search_controls(args.search_dir, args.guides.split(","), args.resamples)
-        atomic_write_text(args.search_dir / "controls.json", json.dumps(c, indent=1) + "\n")
-        atomic_write_text(args.search_dir / "controls.md", to_markdown(c))
-        print(to_markdown(c))
+            c = seed_controls(args.search_dir, args.other_seed, guides, args.resamples)
+            stem, md = seed_control_stem(args.other_seed), seed_markdown(c, str(args.search_dir), str(args.other_seed))
+        else:
+            c = search_controls(args.search_dir, guides, args.resamples)
+            stem, md = "controls", to_markdown(c)
+        atomic_write_text(args.search_dir / f"{stem}.json", json.dumps(c, indent=1) + "\n")
+        atomic_write_text(args.search_dir / f"{stem}.md", md)
+        print(md)
 
     guarded("experiments.gold.controls", go, False)
 
