@@ -51,8 +51,23 @@ def test_controls_equal_a_naive_recomputation(tmp_path):
     assert c["spearman_with_teacher"]["orm"]["mean"] == pytest.approx((1.0 + 0.5 - 1.0) / 3)
     assert c["spearman_with_teacher"]["sp"]["mean"] == pytest.approx((-1.0 + 1.0 + 1.0) / 3)
     assert c["spearman_with_teacher"]["sp - orm"]["mean"] == pytest.approx((-2.0 + 0.5 + 2.0) / 3)
-    assert c["same_bon_pick"] == pytest.approx(0.0)  # picks (2, 0), (2, 0), (2, 0)
+    assert c["same_bon_pick"]["sp"] == pytest.approx(0.0)  # picks (2, 0), (2, 0), (2, 0)
     assert "| orm/bon |" in controls.to_markdown(c)
+
+
+def test_controls_contrast_every_guide_with_the_baseline(tmp_path):
+    """A third guide (here a copy of orm's scores) gets its own contrast and same-pick share against orm."""
+    recs = _records()
+    for r in recs:
+        for s in r["samples"]:
+            s["guide:copy"] = s["guide:orm"]
+        r["outputs"]["copy/bon"] = dict(r["outputs"]["orm/bon"])
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    c = controls.search_controls(tmp_path, ["orm", "sp", "copy"], resamples=200)
+    assert c["spearman_with_teacher"]["copy - orm"]["mean"] == pytest.approx(0.0)
+    assert c["spearman_with_teacher"]["sp - orm"]["mean"] == pytest.approx((-2.0 + 0.5 + 2.0) / 3)
+    assert c["same_bon_pick"] == pytest.approx({"sp": 0.0, "copy": 1.0})
+    assert "| copy | 100.0% of prompts |" in controls.to_markdown(c)
 
 
 def test_missing_records_is_a_short_error(tmp_path, capsys):

@@ -4,8 +4,8 @@
   teacher SDs of the unguided samples of its fold: do the guides steer at all, and how much of the oracle's
   headroom do they take;
 - each guide's Spearman correlation with the teacher over a prompt's samples (how well it ranks on-policy
-  responses), and the paired difference of the two guides;
-- how often the two guides pick the same Best-of-N sample;
+  responses), and the paired difference of every other guide to the first (the baseline);
+- how often each other guide picks the same Best-of-N sample as the baseline;
 - with a second training seed's search (``--other_seed``): the training-seed control. Each guide's run of
   the other seed minus this seed's on the same prompts, and how often one guide's two seeds pick the same
   Best-of-N sample: is the SP-PRM further from its ORM than the ORM is from itself retrained?
@@ -63,12 +63,13 @@ def search_controls(search_dir: Path, guides: list[str], resamples: int = 4000) 
            for g in guides}
     for g in guides:
         out["spearman_with_teacher"][g] = summarize(rho[g], resamples)
-    if len(guides) == 2:
-        a, b = guides[1], guides[0]
+    # every other guide against the first (the baseline), so a six-guide run gets each secondary contrast
+    b = guides[0]
+    for a in guides[1:]:
         out["spearman_with_teacher"][f"{a} - {b}"] = summarize([x - y for x, y in zip(rho[a], rho[b])], resamples)
         same = _same_pick([(r["outputs"].get(f"{a}/bon", {}), r["outputs"].get(f"{b}/bon", {})) for r in recs])
         if same is not None:
-            out["same_bon_pick"] = same
+            out.setdefault("same_bon_pick", {})[a] = same
     return out
 
 
@@ -123,8 +124,9 @@ def to_markdown(c: dict[str, Any]) -> str:
     lines += [f"| {k} | {fmt(v, signed=True)} |" for k, v in c["minus_sample_sd"].items()]
     lines += ["", "| guide | Spearman with the teacher over a prompt's samples [95% CI] |", "|---|---|"]
     lines += [f"| {k} | {fmt(v, signed=True)} |" for k, v in c["spearman_with_teacher"].items()]
-    if "same_bon_pick" in c:
-        lines += ["", f"Same Best-of-N pick: {c['same_bon_pick']:.1%} of prompts."]
+    if c.get("same_bon_pick"):
+        lines += ["", "| guide | same Best-of-N pick as the baseline |", "|---|---|"]
+        lines += [f"| {k} | {v:.1%} of prompts |" for k, v in c["same_bon_pick"].items()]
     return "\n".join(lines) + "\n"
 
 
