@@ -252,9 +252,12 @@ def test_search_endpoint_by_hand_and_the_report(tmp_path):
     summary = compare.write_report(tmp_path, [0, 1, 2], ["orm", "sp"], ["bon"], 100)
     assert summary["seeds_search"] == ["seed0", "seed1"] and "value" not in summary
     assert "win rate vs ORM-guided" in (tmp_path / "summary.md").read_text()
+    assert "(2 training seeds pooled)" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "teacher_reward.png").exists()
     compare.write_report(tmp_path, [0, 1], ["orm", "sp"], ["bon"], 100, name="summary-bon")
     assert (tmp_path / "summary-bon.md").exists() and (tmp_path / "summary-bon-teacher_reward.png").exists()
+    compare.write_report(tmp_path, [1], ["orm", "sp"], ["bon"], 100, name="summary-one")
+    assert "(1 training seed)" in (tmp_path / "summary-one.md").read_text()
 
 
 def test_sizing_from_a_pilot_by_hand(tmp_path):

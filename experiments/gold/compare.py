@@ -170,11 +170,15 @@ def _fmt_ci(x: float, ci: tuple[float, float] | list[float], digits: int = 3, si
     return f"{f.format(x)} [{f.format(ci[0])}, {f.format(ci[1])}]"
 
 
+def _seeds(n: int) -> str:
+    return "1 training seed" if n == 1 else f"{n} training seeds pooled"
+
+
 def to_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Known-gold testbed: SP-PRM vs ORM", ""]
     va = summary.get("value")
     if va:
-        lines += [f"## (a) Agreement with the process value V ({va['seeds']} seeds pooled; primary: t <= 20)", "",
+        lines += [f"## (a) Agreement with the process value V ({_seeds(va['seeds'])}; primary: t <= 20)", "",
                   "| contender | " + " | ".join(va["cuts"]) + " |", "|---|" + "---|" * len(va["cuts"])]
         for m, row in va["models"].items():
             cells = []
@@ -196,7 +200,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
         lines.append("")
     se = summary.get("search")
     if se:
-        lines += [f"## (b) Teacher reward of guided search ({se['seeds']} seeds pooled)", "",
+        lines += [f"## (b) Teacher reward of guided search ({_seeds(se['seeds'])})", "",
                   "| run | mean teacher reward [95% CI] | prompts |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt_ci(v['mean'], v['ci'])} | {v['prompts']} |" for k, v in se["rewards"].items()]
         lines += ["", f"Minus the ORM-guided run of the same decoder, in teacher-reward SDs of the unguided samples "
