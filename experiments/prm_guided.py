@@ -318,10 +318,18 @@ def judge_batch(cfg: PrmGuidedConfig, judges: dict[str, Any], embedder: Any, br:
             if not sel:
                 continue
             model, tok, fmt_ = per_fold[f]
-            vals = rewards(model, tok, [rec["prompt"] for rec, _ in sel], [o["text"] for _, o in sel], fmt_,
-                           complete=[o["complete"] for _, o in sel], max_batch_tokens=cfg.max_batch_tokens)
-            for (_, o), v in zip(sel, vals):
-                o[judge] = v
+            # identical outputs (a Best-of-N pick is one of the samples; two guides often pick the same one) are
+            # scored once, so they tie exactly: scored in differently padded batches they differ by float noise
+            # (~1e-6), and a head-to-head win rate would break their tie at random
+            uniq: dict[tuple[str, str, bool], str] = {}
+            for rec, o in sel:
+                uniq.setdefault((rec["id"], o["text"], o["complete"]), rec["prompt"])
+            keys = list(uniq)
+            vals = rewards(model, tok, [uniq[k] for k in keys], [k[1] for k in keys], fmt_,
+                           complete=[k[2] for k in keys], max_batch_tokens=cfg.max_batch_tokens)
+            by_key = dict(zip(keys, vals))
+            for rec, o in sel:
+                o[judge] = by_key[(rec["id"], o["text"], o["complete"])]
     for _, o in items:
         o["diversity"] = diversity(o["text"])
     if embedder is not None:

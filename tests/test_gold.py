@@ -229,6 +229,14 @@ def test_value_endpoint_pools_seeds_against_a_naive_count(tmp_path):
     assert set(out["models"]["orm"]) == {"t=1", "t=5", "t<=20"}
 
 
+def test_head_to_head_counts_the_same_response_as_a_tie():
+    a = {"text": "yes", "complete": True, "gold": 0.5}
+    assert compare.head_to_head({**a, "gold": 0.5 + 1e-6}, a) == 0.5  # one response, two noisy judgements
+    assert compare.head_to_head({**a, "complete": False, "gold": 0.6}, a) == 1.0  # the cut one is another response
+    assert compare.head_to_head({"text": "no", "complete": True, "gold": 0.4}, a) == 0.0
+    assert compare.head_to_head({"gold": 0.5}, {"gold": 0.5}) == 0.5  # texts unknown: equal rewards tie
+
+
 def test_search_endpoint_by_hand_and_the_report(tmp_path):
     def rec(pid, orm, sp, samples):
         return {"id": pid, "samples": [{"gold": g} for g in samples],

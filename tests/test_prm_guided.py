@@ -142,6 +142,8 @@ def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm
             scores = [s[f"guide:{g}"] for s in r["samples"]]
             assert scores[pick] == pytest.approx(max(scores), abs=1e-5)
             assert r["outputs"][f"{g}/bon"]["text"] == r["samples"][pick]["text"]
+            # the pick is judged once with its sample, so the two copies tie exactly (no float noise)
+            assert r["outputs"][f"{g}/bon"]["gold"] == r["samples"][pick]["gold"]
             assert r["outputs"][f"{g}/args"]["tokens"] <= 6 and r["outputs"][f"{g}/cbs"]["tokens"] <= 6
     acc = json.loads((out / "gold_accuracy.json").read_text())
     want_acc = [(None, 6)] if external else [(0, 3), (1, 3)]  # cross-fitted: judged on the other fold only

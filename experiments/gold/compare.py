@@ -9,9 +9,9 @@ difference to the ORM is bootstrapped over pairs, paired (the same resampled pai
 **(b) teacher reward of guided search** (from each seed's ``search/records.jsonl``): per prompt,
 decoder and guide, the teacher's reward of the output, averaged over seeds; the difference to
 the ORM-guided output of the same decoder and prompt in units of the teacher-reward standard
-deviation of the unguided samples, and the head-to-head win rate against it (ties half), with
-bootstrap intervals over prompts. Also the mean teacher reward per decoder x guide and the compute
-per prompt of every run.
+deviation of the unguided samples, and the head-to-head win rate against it (ties half; the same
+response picked by both is a tie), with bootstrap intervals over prompts. Also the mean teacher
+reward per decoder x guide and the compute per prompt of every run.
 """
 
 from __future__ import annotations
@@ -111,6 +111,15 @@ def value_endpoint(value_dirs: list[Path], baseline: str = "orm", samples: int =
     return {"seeds": len(value_dirs), "cuts": keys, "primary": "t<=20", "models": table}
 
 
+def head_to_head(x: dict[str, Any], base: dict[str, Any]) -> float:
+    """1 if output ``x`` has the higher teacher reward, 0 if lower, 0.5 for a tie. The same response (the same
+    text, finished or not) is a tie whatever its two stored rewards: records judged before identical outputs were
+    scored once carry float noise (~1e-6) between two copies of one Best-of-N pick."""
+    if "text" in x and (x["text"], x.get("complete")) == (base.get("text"), base.get("complete")):
+        return 0.5
+    return 1.0 if x["gold"] > base["gold"] else 0.5 if x["gold"] == base["gold"] else 0.0
+
+
 def search_endpoint(search_dirs: list[Path], guides: list[str], methods: list[str], samples: int = 2000
                     ) -> dict[str, Any]:
     """Endpoint (b) and the reward / compute tables, pooled over the seeds' search records."""
@@ -127,11 +136,11 @@ def search_endpoint(search_dirs: list[Path], guides: list[str], methods: list[st
                 if o.get("gold") is not None:
                     cell.setdefault(key, []).append(o["gold"])
             for m in methods:
-                base = rec["outputs"].get(f"{guides[0]}/{m}", {}).get("gold")
+                bo = rec["outputs"].get(f"{guides[0]}/{m}", {})
                 for g in guides[1:]:
-                    x = rec["outputs"].get(f"{g}/{m}", {}).get("gold")
-                    if base is not None and x is not None:
-                        wcell.setdefault(f"{g}/{m}", []).append(1.0 if x > base else 0.5 if x == base else 0.0)
+                    o = rec["outputs"].get(f"{g}/{m}", {})
+                    if bo.get("gold") is not None and o.get("gold") is not None:
+                        wcell.setdefault(f"{g}/{m}", []).append(head_to_head(o, bo))
             for key, c in rec.get("compute", {}).items():
                 compute.setdefault(key, []).append(c)
     std = statistics.pstdev(sample_golds) if len(sample_golds) > 1 else 1.0
