@@ -380,9 +380,13 @@ def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
 # -- analysis ------------------------------------------------------------------------------------------
 
 
-def win_rate(value: float, references: list[float]) -> float:
-    """Share of ``references`` that ``value`` beats, ties counted half."""
-    return sum(1.0 if value > r else 0.5 if value == r else 0.0 for r in references) / len(references)
+def win_rate(value: float, references: list[float], same: list[bool] | None = None) -> float:
+    """Share of ``references`` that ``value`` beats, ties counted half; ``same[i]``: reference ``i`` is the same
+    response (a tie whatever the two stored rewards: records judged before identical outputs were scored once
+    carry ~1e-6 of float noise between a Best-of-N pick and its sample)."""
+    same = same or [False] * len(references)
+    return sum(0.5 if t else 1.0 if value > r else 0.5 if value == r else 0.0
+               for r, t in zip(references, same)) / len(references)
 
 
 def _pooled_std(records: list[dict[str, Any]], fold: int) -> float:
@@ -395,13 +399,15 @@ def _pooled_std(records: list[dict[str, Any]], fold: int) -> float:
 
 def per_prompt(rec: dict[str, Any], std: float) -> dict[str, dict[str, float | None]]:
     """Per method (and the unguided references) this prompt's metrics."""
-    ref = [s["gold"] for s in rec["samples"] if s.get("gold") is not None]
+    judged = [s for s in rec["samples"] if s.get("gold") is not None]
+    ref = [s["gold"] for s in judged]
     mu = sum(ref) / len(ref) if ref else None
 
     def metrics(o: dict[str, Any]) -> dict[str, float | None]:
         g = o.get("gold")
         ok = g is not None and mu is not None
-        return {"win_rate": win_rate(g, ref) if ok else None, "gold_z": (g - mu) / std if ok else None, "gold": g,
+        same = [(o.get("text"), o.get("complete")) == (s.get("text"), s.get("complete")) for s in judged]
+        return {"win_rate": win_rate(g, ref, same) if ok else None, "gold_z": (g - mu) / std if ok else None, "gold": g,
                 **{k: o.get(k) for k in ("diversity", "coherence")}, "tokens": float(o["tokens"]),
                 "complete": float(o["complete"]), **{k: o.get(k) for k in o if k.startswith("guide:")}}
 

@@ -73,8 +73,14 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 def _o(gold, tokens=4, **kw):
-    return {"text": "a b c d", "tokens": tokens, "complete": True, "gold": gold, "diversity": 1.0,
+    # one text per reward: outputs with equal rewards are the same response here, as a Best-of-N pick is its sample
+    return {"text": f"a b c {gold}", "tokens": tokens, "complete": True, "gold": gold, "diversity": 1.0,
             "coherence": 0.5, **kw}
+
+
+def test_a_pick_ties_with_its_own_sample_despite_float_noise():
+    rec = {"id": "a", "fold": 0, "samples": [_o(0), _o(2)], "outputs": {"x/bon": {**_o(2), "gold": 2.000001}}}
+    assert pg.per_prompt(rec, 1.0)["x/bon"]["win_rate"] == pytest.approx(0.75)  # beats 0, ties itself
 
 
 def test_summary_by_hand():
@@ -89,6 +95,8 @@ def test_summary_by_hand():
     m = s["methods"]
     # win rate: share of the 4 samples beaten, ties half
     assert pg.win_rate(1.5, [0, 1, 2, 3]) == 0.5 and pg.win_rate(1, [1, 1, 1, 5]) == 1.5 / 4
+    # the same response ties whatever its stored rewards (a pick judged apart from its sample: float noise)
+    assert pg.win_rate(2.000001, [0, 2, 3], same=[False, True, False]) == 1.5 / 3
     assert m["orm/args"]["win_rate"]["mean"] == pytest.approx((0.5 + 1.5 / 4) / 2)
     assert m["sp-prm/args"]["win_rate"]["mean"] == pytest.approx((0.75 + 1.0) / 2)
     assert m["sample (expected)"]["win_rate"]["mean"] == pytest.approx(0.5)
