@@ -356,6 +356,9 @@ def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
         return todo.path
     guides, judges = load_guides_and_judges(cfg, policy, meter)
     cards_params = calibrate_cards(cfg, policy, guides, todo.calibration)
+    if cards_params:  # what calibration chose (tau_u, reward thresholds), so a reader can see segmentation happened
+        atomic_write_text(Path(cfg.output_dir) / "cards_params.json",
+                          json.dumps({n: dataclasses.asdict(p) for n, p in cards_params.items()}, indent=1) + "\n")
     if embedder is None and cfg.coherence_model:
         from decoding.metrics.coherence import Embedder
 

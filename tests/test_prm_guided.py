@@ -153,6 +153,8 @@ def test_end_to_end_judges_recomputed_and_resume(policy, tmp_path, tiny_llama_rm
             # the pick is judged once with its sample, so the two copies tie exactly (no float noise)
             assert r["outputs"][f"{g}/bon"]["gold"] == r["samples"][pick]["gold"]
             assert r["outputs"][f"{g}/args"]["tokens"] <= 6 and r["outputs"][f"{g}/cbs"]["tokens"] <= 6
+    cards = json.loads((out / "cards_params.json").read_text())  # calibrated per guide, recorded
+    assert set(cards) == {"orm", "sp-prm"} and all(isinstance(c["r_start"], float) for c in cards.values())
     acc = json.loads((out / "gold_accuracy.json").read_text())
     want_acc = [(None, 6)] if external else [(0, 3), (1, 3)]  # cross-fitted: judged on the other fold only
     assert [(a["trained_on_fold"], a["pairs"]) for a in acc] == want_acc
