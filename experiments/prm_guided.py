@@ -383,13 +383,23 @@ def run(cfg: PrmGuidedConfig, policy: Any = None, embedder: Any = None) -> Path:
 # -- analysis ------------------------------------------------------------------------------------------
 
 
+def same_response(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two outputs are one response: the same text, finished or not (records without text never are)."""
+    return "text" in a and (a["text"], a.get("complete")) == (b.get("text"), b.get("complete"))
+
+
+def outcome(value: float, reference: float, same: bool = False) -> float:
+    """1 if ``value`` beats ``reference``, 0 if it loses, 0.5 for a tie. The same response is a tie whatever its
+    two stored rewards: records judged before identical outputs were scored once carry ~1e-6 of float noise
+    between a Best-of-N pick and its sample."""
+    return 0.5 if same else 1.0 if value > reference else 0.5 if value == reference else 0.0
+
+
 def win_rate(value: float, references: list[float], same: list[bool] | None = None) -> float:
     """Share of ``references`` that ``value`` beats, ties counted half; ``same[i]``: reference ``i`` is the same
-    response (a tie whatever the two stored rewards: records judged before identical outputs were scored once
-    carry ~1e-6 of float noise between a Best-of-N pick and its sample)."""
+    response (:func:`outcome`)."""
     same = same or [False] * len(references)
-    return sum(0.5 if t else 1.0 if value > r else 0.5 if value == r else 0.0
-               for r, t in zip(references, same)) / len(references)
+    return sum(outcome(value, r, t) for r, t in zip(references, same)) / len(references)
 
 
 def _pooled_std(records: list[dict[str, Any]], fold: int) -> float:
@@ -409,7 +419,7 @@ def per_prompt(rec: dict[str, Any], std: float) -> dict[str, dict[str, float | N
     def metrics(o: dict[str, Any]) -> dict[str, float | None]:
         g = o.get("gold")
         ok = g is not None and mu is not None
-        same = [(o.get("text"), o.get("complete")) == (s.get("text"), s.get("complete")) for s in judged]
+        same = [same_response(o, s) for s in judged]
         return {"win_rate": win_rate(g, ref, same) if ok else None, "gold_z": (g - mu) / std if ok else None, "gold": g,
                 **{k: o.get(k) for k in ("diversity", "coherence")}, "tokens": float(o["tokens"]),
                 "complete": float(o["complete"]), **{k: o.get(k) for k in o if k.startswith("guide:")}}

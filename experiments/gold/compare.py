@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from experiments.common import atomic_write_text, read_records
+from experiments.prm_guided import outcome, same_response
 from sp_prm.errors import InputError, MissingPathError
 from sp_prm.value_agreement import pair_agreement
 
@@ -112,12 +113,9 @@ def value_endpoint(value_dirs: list[Path], baseline: str = "orm", samples: int =
 
 
 def head_to_head(x: dict[str, Any], base: dict[str, Any]) -> float:
-    """1 if output ``x`` has the higher teacher reward, 0 if lower, 0.5 for a tie. The same response (the same
-    text, finished or not) is a tie whatever its two stored rewards: records judged before identical outputs were
-    scored once carry float noise (~1e-6) between two copies of one Best-of-N pick."""
-    if "text" in x and (x["text"], x.get("complete")) == (base.get("text"), base.get("complete")):
-        return 0.5
-    return 1.0 if x["gold"] > base["gold"] else 0.5 if x["gold"] == base["gold"] else 0.0
+    """Output ``x`` against ``base`` by teacher reward: 1 / 0.5 / 0, the same response a tie
+    (``experiments.prm_guided.outcome``)."""
+    return outcome(x["gold"], base["gold"], same_response(x, base))
 
 
 def search_endpoint(search_dirs: list[Path], guides: list[str], methods: list[str], samples: int = 2000
